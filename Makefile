@@ -1,0 +1,50 @@
+# Two commands do all the set-up on a fresh Debian machine with Python 3.11:
+#   make demo   installs, builds the sample archive and runs the pipeline on it
+#   make test   installs what the tests need and runs the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO := build/demo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-deps demo sample test lint format bench clean
+
+system-deps:  ## espeak-ng speaks the sample archive and the tests' speech
+	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq espeak-ng >/dev/null; }
+
+$(BIN)/asr: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	# the Silero VAD model as the silero-vad wheel ships it (its torch dependency is not needed)
+	$(BIN)/pip install -q --no-deps silero-vad
+	touch $@
+
+setup: system-deps $(BIN)/asr
+
+sample: setup
+	$(BIN)/python -m asr.sample_archive build/sample-archive
+
+demo: sample
+	$(BIN)/asr ingest --catalogue build/sample-archive/catalogue.csv --out $(DEMO)
+	$(BIN)/asr segment $(DEMO)/recordings.jsonl --out $(DEMO)/segments.jsonl
+	$(BIN)/asr shard $(DEMO)/segments.jsonl --out $(DEMO)/shards
+	@echo "shards: $(DEMO)/shards/shards.json"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/corpus_throughput.py
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,359 @@
+"""`asr shard`: segments to webdataset tar shards for training, and a reader for them.
+
+Each sample is `<key>.flac` (16 kHz mono) and `<key>.json` (the segment and its provenance).
+Shards are `<split>-%06d.tar`, with a JSONL sidecar each and `shards.json` describing them all.
+Splits are by recording (or speaker) from a hash of the seed and the group, so a group keeps its
+split when the archive grows. Only segments whose rights allow training are written. A shard is
+written under a temporary name and renamed when complete; a re-run skips samples already in
+complete shards, so an interrupted run continues without duplicates or partial shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import webdataset as wds
+from tqdm import tqdm
+
+from asr.audio import SAMPLE_RATE, AudioError, SpanCutter, stream
+from asr.manifest import ErrorRecord, Recording, Segment, read_recordings, read_segments
+from asr.rights import RightsPolicy
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "dev", "test")
+_SHARD_RE = re.compile(r"^(train|dev|test)-(\d{6})\.tar$")
+
+
+@dataclass
+class ShardOptions:
+    """Options of `shard`; see `asr shard --help`."""
+
+    recordings: Path | None = None
+    """Recordings manifest; default: recordings.jsonl beside the segments manifest."""
+    max_size: int = 1_000_000_000
+    max_count: int = 10_000
+    dev_fraction: float = 0.05
+    test_fraction: float = 0.05
+    split_by: str = "recording"
+    seed: int = 0
+    policy: Path | None = None
+    allow_empty_text: bool = False
+    progress: bool | None = None
+
+
+@dataclass
+class ShardResult:
+    """What `shard` wrote and what it left out, and why."""
+
+    samples: Counter = field(default_factory=Counter)
+    seconds: Counter = field(default_factory=Counter)
+    resumed_samples: int = 0
+    skipped_rights: int = 0
+    skipped_no_text: int = 0
+    errors: list[ErrorRecord] = field(default_factory=list)
+    index: Path | None = None
+
+
+def sample_key(segment_id: str) -> str:
+    """A webdataset key for a segment id: no dots or slashes (webdataset splits keys on them)."""
+    key = re.sub(r"[^A-Za-z0-9_-]", "_", segment_id)
+    if key != segment_id:
+        key += "-" + hashlib.sha1(segment_id.encode()).hexdigest()[:8]
+    return key
+
+
+def assign_splits(
+    segments: list[Segment], recordings: dict[str, Recording], opts: ShardOptions
+) -> None:
+    """Set each segment's split (unless already set) so that no group is in two splits.
+
+    A group (a recording, or a speaker with --split-by speaker) goes to test when a hash of the
+    seed and its name falls below test_fraction, to dev below test+dev, else to train. Small
+    corpora where the hash leaves dev or test empty get the lowest-hashing groups there.
+    """
+
+    def group(s: Segment) -> str:
+        if opts.split_by == "speaker":
+            speakers = recordings[s.recording_id].speakers
+            return "speaker:" + (s.speaker or (speakers[0] if speakers else s.recording_id))
+        return "recording:" + s.recording_id
+
+    def u(g: str) -> float:
+        h = hashlib.sha256(f"{opts.seed}:{g}".encode()).digest()
+        return int.from_bytes(h[:8], "big") / 2**64
+
+    groups = sorted({group(s) for s in segments if s.split is None}, key=u)
+    chosen: dict[str, str] = {}
+    for g in groups:
+        x = u(g)
+        chosen[g] = (
+            "test"
+            if x < opts.test_fraction
+            else "dev"
+            if x < opts.test_fraction + opts.dev_fraction
+            else "train"
+        )
+    if len(groups) >= 3:  # make sure dev and test are not empty when asked for
+        for split, frac in (("test", opts.test_fraction), ("dev", opts.dev_fraction)):
+            if frac > 0 and split not in chosen.values():
+                candidates = [g for g in groups if chosen[g] == "train"]
+                if len(candidates) > 1:
+                    chosen[candidates[0]] = split
+    for s in segments:
+        if s.split is None:
+            s.split = chosen[group(s)]
+
+
+class _ShardWriter:
+    """Writes `<split>-%06d.tar` shards of one split, each under a temporary name until full."""
+
+    def __init__(self, out_dir: Path, split: str, first_index: int, opts: ShardOptions):
+        self.out_dir, self.split, self.index, self.opts = out_dir, split, first_index, opts
+        self.tar: wds.TarWriter | None = None
+        self.written: dict[str, dict] = {}  # shard name -> info, for shards finished this run
+
+    def write(self, key: str, flac: bytes, meta: dict) -> None:
+        size = len(flac) + 2048
+        if self.tar is not None and (
+            self.count >= self.opts.max_count or self.size + size > self.opts.max_size
+        ):
+            self.close()
+        if self.tar is None:
+            self._open()
+        meta_bytes = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        self.tar.write({"__key__": key, "flac": flac, "json": meta_bytes})
+        self.sidecar.write(json.dumps({"key": key, **meta}, ensure_ascii=False) + "\n")
+        self.count += 1
+        self.size += size + len(meta_bytes)
+        self.seconds += meta["duration"]
+
+    def _open(self) -> None:
+        self.name = f"{self.split}-{self.index:06d}.tar"
+        self.tmp_tar = self.out_dir / f".{self.name}.tmp"
+        self.tmp_sidecar = self.out_dir / f".{self.name[:-4]}.jsonl.tmp"
+        self.file = open(self.tmp_tar, "wb")
+        self.tar = wds.TarWriter(self.file, mtime=0)  # mtime 0: same input, same bytes
+        self.sidecar = open(self.tmp_sidecar, "w", encoding="utf-8")
+        self.count, self.size, self.seconds = 0, 0, 0.0
+
+    def close(self) -> None:
+        """Finish the open shard: sidecar renamed first, the tar last (the commit point)."""
+        if self.tar is None:
+            return
+        self.tar.close()
+        self.file.close()
+        self.sidecar.close()
+        for f in (self.tmp_sidecar, self.tmp_tar):
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(self.tmp_sidecar, self.out_dir / f"{self.name[:-4]}.jsonl")
+        os.replace(self.tmp_tar, self.out_dir / self.name)
+        self.written[self.name] = {"samples": self.count, "seconds": self.seconds}
+        self.tar = None
+        self.index += 1
+
+
+def _existing_shards(out_dir: Path) -> dict[str, list[str]]:
+    """Complete shards of an earlier run, by split, with the keys in each; clears leftovers."""
+    for leftover in out_dir.glob(".*.tmp"):
+        leftover.unlink()
+    shards: dict[str, list[str]] = {}
+    for tar in sorted(out_dir.glob("*.tar")):
+        if _SHARD_RE.match(tar.name):
+            with open(tar.with_suffix(".jsonl"), encoding="utf-8") as f:
+                shards[tar.name] = [json.loads(line)["key"] for line in f if line.strip()]
+    for sidecar in out_dir.glob("*.jsonl"):
+        if _SHARD_RE.match(sidecar.stem + ".tar") and not sidecar.with_suffix(".tar").exists():
+            sidecar.unlink()  # killed between the two renames: the tar was never committed
+    return shards
+
+
+def shard(segments_path: Path, out_dir: Path, options: ShardOptions | None = None) -> ShardResult:
+    """Write the training shards of a segments manifest to out_dir; see the module docstring."""
+    opts = options or ShardOptions()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    segments_path = Path(segments_path)
+    rec_path = opts.recordings or segments_path.with_name("recordings.jsonl")
+    recordings = {r.id: r for r in read_recordings(rec_path)}
+    policy = RightsPolicy.load(opts.policy)
+    result = ShardResult(index=out_dir / "shards.json")
+
+    keep: list[Segment] = []
+    for s in read_segments(segments_path):
+        rec = recordings.get(s.recording_id)
+        if rec is None:
+            result.errors.append(
+                ErrorRecord(
+                    str(segments_path), f"unknown recording '{s.recording_id}'", "shard", s.id
+                )
+            )
+        elif not policy.allows(rec.rights, "train"):
+            result.skipped_rights += 1
+        elif not s.text.strip() and not opts.allow_empty_text:
+            result.skipped_no_text += 1
+        else:
+            keep.append(s)
+    assign_splits(keep, recordings, opts)
+
+    existing = _existing_shards(out_dir)
+    done = {k for keys in existing.values() for k in keys}
+    next_index = Counter()
+    for name in existing:
+        split, idx = _SHARD_RE.match(name).groups()
+        next_index[split] = max(next_index[split], int(idx) + 1)
+    writers = {sp: _ShardWriter(out_dir, sp, next_index[sp], opts) for sp in SPLITS}
+
+    by_rec: dict[str, list[Segment]] = defaultdict(list)
+    for s in keep:
+        if sample_key(s.id) in done:
+            result.resumed_samples += 1
+        else:
+            by_rec[s.recording_id].append(s)
+    total_s = sum(s.duration for segs in by_rec.values() for s in segs)
+    bar = tqdm(
+        total=total_s / 3600,
+        desc="shard",
+        bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}]",
+        disable=None if opts.progress is None else not opts.progress,
+    )
+    for rid, segs in by_rec.items():
+        rec = recordings[rid]
+        try:
+            for seg, audio in _cut(rec, segs):
+                meta = _metadata(seg, rec)
+                writers[seg.split].write(sample_key(seg.id), _flac(audio), meta)
+                bar.update(seg.duration / 3600)
+        except (AudioError, OSError) as e:
+            reason = e.reason if isinstance(e, AudioError) else str(e)
+            result.errors.append(ErrorRecord(rec.path, reason, "shard", rec.id))
+    bar.close()
+    for w in writers.values():
+        w.close()
+    _write_index(out_dir, existing, writers, result)
+    return result
+
+
+def _cut(rec: Recording, segs: list[Segment]) -> Iterator[tuple[Segment, np.ndarray]]:
+    """Decode a recording once and yield each segment's audio as the stream passes it."""
+    segs = sorted(segs, key=lambda s: (s.start, s.end))
+    cutter = SpanCutter([(s.start, s.end) for s in segs])
+    for block in _blocks(rec):
+        for i, audio in cutter.feed(block):
+            yield segs[i], audio
+
+
+def _blocks(rec: Recording) -> Iterator[np.ndarray | None]:
+    yield from stream(rec.path, SAMPLE_RATE, block_seconds=30.0)
+    yield None
+
+
+def _flac(audio: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _metadata(seg: Segment, rec: Recording) -> dict:
+    """The sample's JSON: every segment field, plus provenance from its recording."""
+    meta = asdict(seg)
+    meta.update(
+        duration=round(seg.duration, 3),
+        sample_rate=SAMPLE_RATE,
+        collection=rec.collection,
+        rights=rec.rights,
+        source_sha256=rec.sha256,
+        source_path=rec.path,
+        title=rec.title,
+        date=rec.date,
+    )
+    if not meta.get("language"):
+        meta["language"] = rec.language
+    return meta
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_index(
+    out_dir: Path, existing: dict[str, list[str]], writers: dict, result: ShardResult
+) -> None:
+    """shards.json: per split its shards (samples, hours, bytes, sha256) and totals."""
+    info: dict[str, dict] = {}
+    for name in sorted({*existing, *(n for w in writers.values() for n in w.written)}):
+        sidecar = out_dir / (name[:-4] + ".jsonl")
+        with open(sidecar, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        tar = out_dir / name
+        info[name] = {
+            "name": name,
+            "samples": len(rows),
+            "seconds": round(sum(r["duration"] for r in rows), 3),
+            "bytes": tar.stat().st_size,
+            "sha256": _sha256(tar),
+        }
+    index: dict = {"version": 1, "sample_rate": SAMPLE_RATE, "splits": {}}
+    for split in SPLITS:
+        shards = [v for k, v in info.items() if k.startswith(split + "-")]
+        n = sum(s["samples"] for s in shards)
+        secs = sum(s["seconds"] for s in shards)
+        result.samples[split], result.seconds[split] = n, secs
+        index["splits"][split] = {
+            "shards": shards,
+            "samples": n,
+            "hours": round(secs / 3600, 4),
+        }
+    index["skipped"] = {"rights": result.skipped_rights, "no_text": result.skipped_no_text}
+    tmp = out_dir / ".shards.json.tmp"
+    tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir / "shards.json")
+
+
+def shard_paths(shard_dir: str | os.PathLike, split: str) -> list[str]:
+    """Paths of a split's shards, as listed in SHARD_DIR/shards.json."""
+    shard_dir = Path(shard_dir)
+    index = json.loads((shard_dir / "shards.json").read_text(encoding="utf-8"))
+    return [str(shard_dir / s["name"]) for s in index["splits"][split]["shards"]]
+
+
+def _decode_sample(sample: dict) -> tuple[np.ndarray, dict]:
+    key = sample["__key__"]
+    if os.path.isabs(key) or ".." in Path(key).parts:
+        raise ValueError(f"{sample.get('__url__')}: refusing tar member '{key}' (unsafe path)")
+    audio, sr = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
+    meta = json.loads(sample["json"])
+    meta["__key__"] = sample["__key__"]
+    if sr != meta.get("sample_rate", sr):
+        raise ValueError(f"{sample['__key__']}: sample rate {sr} != {meta['sample_rate']}")
+    return audio, meta
+
+
+def read_shards(urls: str | list[str], shuffle: int = 0, **kwargs) -> wds.WebDataset:
+    """A webdataset pipeline over shards that yields (audio float32 16 kHz mono, metadata).
+
+    urls: shard paths or a brace pattern; shuffle: sample shuffle buffer (0: file order);
+    other keyword arguments go to `webdataset.WebDataset` (e.g. nodesplitter, resampled).
+    """
+    kwargs.setdefault("shardshuffle", False)
+    kwargs.setdefault("empty_check", False)
+    ds = wds.WebDataset(urls, **kwargs)
+    if shuffle:
+        ds = ds.shuffle(shuffle)
+    return ds.map(_decode_sample)

@@ -1,0 +1,368 @@
+"""`asr segment`: voice activity detection (Silero VAD on onnxruntime) and cutting into segments.
+
+Speech regions found by Silero VAD are merged into segments of at most `max_duration` seconds,
+cut at the longest pauses, with padding. Audio is streamed block by block and the model's
+recurrent state is carried across blocks, so a multi-hour recording costs the memory of one
+block plus 4 bytes of speech probability per 32 ms.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import importlib.util
+import json
+import logging
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from asr.audio import SAMPLE_RATE, AudioError, stream
+from asr.manifest import (
+    ErrorRecord,
+    ManifestError,
+    Recording,
+    Segment,
+    iter_json_lines,
+    read_recordings,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+WINDOW = 512
+"""Silero VAD's window at 16 kHz: one speech probability per 32 ms."""
+CONTEXT = 64
+"""Samples of the previous window the model sees with each window."""
+FRAME_S = WINDOW / SAMPLE_RATE
+
+
+@dataclass
+class SegmentOptions:
+    """Options of `segment`; see `asr segment --help` for each one's meaning."""
+
+    max_duration: float = 30.0
+    min_duration: float = 0.5
+    threshold: float = 0.5
+    neg_threshold: float | None = None
+    min_speech: float = 0.25
+    min_silence: float = 0.3
+    pad: float = 0.2
+    vad_model: str | None = None
+    workers: int = 0
+    progress: bool | None = None
+
+
+def find_vad_model() -> Path:
+    """The Silero VAD ONNX model: the silero-vad wheel's, else the copy in faster-whisper's.
+
+    Neither package is imported (silero-vad imports torch); only its files are read.
+    """
+    for package, name in (
+        ("silero_vad", "data/silero_vad_16k_sequence.onnx"),
+        ("faster_whisper", "assets/silero_vad_v6.onnx"),
+    ):
+        spec = importlib.util.find_spec(package)
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            if (Path(root) / name).is_file():
+                return Path(root) / name
+    raise FileNotFoundError(
+        "no Silero VAD model found: install faster-whisper (pip install faster-whisper) or "
+        "silero-vad (pip install --no-deps silero-vad), or pass --vad-model PATH.onnx"
+    )
+
+
+class SileroVad:
+    """Silero VAD on onnxruntime, fed a stream of 16 kHz blocks.
+
+    Takes both ONNX exports: the sequence model (inputs input[n, 576], h, c: a whole block per
+    call) and the per-window model (inputs input, state, sr: one window per call).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        import onnxruntime
+
+        opts = onnxruntime.SessionOptions()
+        opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.path = Path(path) if path else find_vad_model()
+        self.session = onnxruntime.InferenceSession(
+            str(self.path), providers=["CPUExecutionProvider"], sess_options=opts
+        )
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        if not ({"input", "h", "c"} <= self.inputs or {"input", "state", "sr"} <= self.inputs):
+            raise ValueError(f"{self.path}: not a Silero VAD model (inputs {sorted(self.inputs)})")
+
+    def probabilities(self, blocks: Iterable[np.ndarray]) -> np.ndarray:
+        """Speech probability of each 512-sample window of the concatenated blocks."""
+        out: list[np.ndarray] = []
+        carry = np.zeros(0, dtype=np.float32)
+        context = np.zeros(CONTEXT, dtype=np.float32)
+        state: dict[str, np.ndarray] = {}
+        for block in _then_none(blocks):
+            if block is None:
+                if not carry.size:
+                    break
+                block, carry = np.pad(carry, (0, WINDOW - carry.size)), np.zeros(0, np.float32)
+            else:
+                block = np.concatenate([carry, block]) if carry.size else block
+                n = block.size // WINDOW * WINDOW
+                block, carry = block[:n], block[n:]
+                if not n:
+                    continue
+            windows = block.astype(np.float32, copy=False).reshape(-1, WINDOW)
+            ctx = np.concatenate([context[None], windows[:-1, -CONTEXT:]])
+            context = windows[-1, -CONTEXT:].copy()
+            out.append(self._run(np.concatenate([ctx, windows], axis=1), state))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def _run(self, x: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
+        if "h" in self.inputs:
+            h = state.get("h", np.zeros((1, 1, 128), np.float32))
+            c = state.get("c", np.zeros((1, 1, 128), np.float32))
+            probs, state["h"], state["c"] = self.session.run(None, {"input": x, "h": h, "c": c})
+            return np.asarray(probs, dtype=np.float32).reshape(-1)
+        sr = np.array(SAMPLE_RATE, dtype=np.int64)
+        res = np.empty(len(x), dtype=np.float32)
+        for i, row in enumerate(x):
+            st = state.get("state", np.zeros((2, 1, 128), np.float32))
+            p, state["state"] = self.session.run(None, {"input": row[None], "state": st, "sr": sr})
+            res[i] = float(np.asarray(p).reshape(-1)[0])
+        return res
+
+
+def _then_none(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray | None]:
+    yield from blocks
+    yield None
+
+
+def speech_regions(probs: np.ndarray, opts: SegmentOptions) -> list[tuple[int, int]]:
+    """Speech as [first, last) window index ranges, with hysteresis between two thresholds.
+
+    Speech starts at a window at or above `threshold` and ends where probability stays below
+    `neg_threshold` for `min_silence` seconds; regions shorter than `min_speech` are dropped.
+    """
+    neg = opts.neg_threshold if opts.neg_threshold is not None else max(opts.threshold - 0.15, 0.01)
+    min_silence = max(1, round(opts.min_silence / FRAME_S))
+    min_speech = round(opts.min_speech / FRAME_S)
+    regions: list[tuple[int, int]] = []
+    start, silent_since = None, None
+    for i, p in enumerate(probs):
+        if start is None:
+            if p >= opts.threshold:
+                start, silent_since = i, None
+        elif p < neg:
+            if silent_since is None:
+                silent_since = i
+            elif i - silent_since + 1 >= min_silence:
+                regions.append((start, silent_since))
+                start, silent_since = None, None
+        elif p >= opts.threshold:
+            silent_since = None
+    if start is not None:
+        regions.append((start, silent_since if silent_since is not None else len(probs)))
+    return [(s, e) for s, e in regions if e - s >= min_speech]
+
+
+def plan_segments(
+    regions: list[tuple[int, int]], probs: np.ndarray, duration: float, opts: SegmentOptions
+) -> list[tuple[float, float]]:
+    """Merge speech regions into padded segments of at most max_duration seconds.
+
+    A group of regions too long for one segment is split at its longest pause, recursively, so
+    cuts fall where the speaker paused longest; a single region too long is split at its least
+    speech-like window.
+    """
+    limit = max(1, int((opts.max_duration - 2 * opts.pad) / FRAME_S))
+    groups: list[tuple[int, int]] = []
+
+    def split(rs: list[tuple[int, int]]) -> None:
+        if rs[-1][1] - rs[0][0] <= limit:
+            groups.append((rs[0][0], rs[-1][1]))
+        elif len(rs) == 1:
+            s, e = rs[0]
+            # cut at the lowest probability away from the edges (at least 1/4 of the limit in)
+            margin = max(1, min(limit // 4, (e - s) // 4))
+            cut = s + margin + int(np.argmin(probs[s + margin : e - margin]))
+            split([(s, cut)])
+            split([(cut, e)])
+        else:
+            gaps = [rs[i + 1][0] - rs[i][1] for i in range(len(rs) - 1)]
+            k = int(np.argmax(gaps)) + 1
+            split(rs[:k])
+            split(rs[k:])
+
+    if regions:
+        split(regions)
+    segments = []
+    for i, (s, e) in enumerate(groups):
+        lo = s * FRAME_S - opts.pad
+        hi = e * FRAME_S + opts.pad
+        if i > 0:  # never overlap the neighbour: meet it halfway across the pause
+            lo = max(lo, (groups[i - 1][1] + s) / 2 * FRAME_S)
+        if i + 1 < len(groups):
+            hi = min(hi, (e + groups[i + 1][0]) / 2 * FRAME_S)
+        lo, hi = max(0.0, lo), min(duration, hi)
+        if hi - lo >= opts.min_duration:
+            segments.append((round(lo, 3), round(hi, 3)))
+    return segments
+
+
+@dataclass
+class SegmentResult:
+    """What `segment` did."""
+
+    recordings: int = 0
+    segments: int = 0
+    reference_segments: int = 0
+    speech_hours: float = 0.0
+    audio_hours: float = 0.0
+    errors: list[ErrorRecord] = field(default_factory=list)
+    manifest: Path | None = None
+
+
+def segment_recording(rec: Recording, opts: SegmentOptions, vad: SileroVad | None) -> list[Segment]:
+    """The segments of one recording: its whole reference text when short enough, else VAD's."""
+    speaker = rec.speakers[0] if len(rec.speakers) == 1 else None
+    text = rec.reference_text()
+    if text is not None and rec.duration <= opts.max_duration:
+        return [
+            Segment(
+                id=f"{rec.id}_00000",
+                recording_id=rec.id,
+                start=0.0,
+                end=round(rec.duration, 3),
+                text=" ".join(text.split()),
+                text_source="reference",
+                language=rec.language,
+                speaker=speaker,
+            )
+        ]
+    vad = vad or SileroVad(opts.vad_model)
+    probs = vad.probabilities(stream(rec.path, SAMPLE_RATE, block_seconds=32.768))
+    spans = plan_segments(speech_regions(probs, opts), probs, rec.duration, opts)
+    segments = []
+    for i, (start, end) in enumerate(spans):
+        window = probs[int(start / FRAME_S) : max(int(start / FRAME_S) + 1, int(end / FRAME_S))]
+        segments.append(
+            Segment(
+                id=f"{rec.id}_{i:05d}",
+                recording_id=rec.id,
+                start=start,
+                end=end,
+                language=rec.language,
+                speaker=speaker,
+                scores={"speech_prob": round(float(window.mean()), 4) if window.size else None},
+            )
+        )
+    return segments
+
+
+_worker_vad: SileroVad | None = None
+
+
+def _segment_worker(rec: Recording, opts: SegmentOptions) -> list[Segment] | str:
+    """Process-pool entry: one VAD session per process, errors returned as reasons."""
+    global _worker_vad
+    try:
+        if _worker_vad is None and not (rec.reference_text() and rec.duration <= opts.max_duration):
+            _worker_vad = SileroVad(opts.vad_model)
+        return segment_recording(rec, opts, _worker_vad)
+    except AudioError as e:
+        return e.reason
+    except OSError as e:
+        return f"cannot read file ({e.strerror or e})"
+
+
+def segment(recordings: Path, out: Path, options: SegmentOptions | None = None) -> SegmentResult:
+    """Segment every recording of a manifest; write the segments manifest and its error file.
+
+    Finished recordings go to a journal beside `out` first, so an interrupted run resumes.
+    """
+    opts = options or SegmentOptions()
+    SileroVad(opts.vad_model)  # fail early, in this process, on a missing or bad model
+    out = Path(out)
+    journal = out.with_name(f".{out.name}.journal")
+    key = json.dumps({k: v for k, v in asdict(opts).items() if k not in ("workers", "progress")})
+    done = _read_journal(journal, key)
+    fresh = not journal.exists()
+    recs = list(read_recordings(recordings))
+    result = SegmentResult(manifest=out, recordings=len(recs))
+    todo = [r for r in recs if (r.id, r.sha256) not in done]
+    workers = min(opts.workers or os.cpu_count() or 1, max(1, len(todo)))
+    bar = tqdm(
+        total=sum(r.duration for r in todo) / 3600,
+        unit="h",
+        desc="segment",
+        bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}, {rate_fmt}]",
+        disable=None if opts.progress is None else not opts.progress,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(journal, "a", encoding="utf-8") as jf:
+        if fresh:
+            jf.write(json.dumps({"options": key}) + "\n")
+        for rec, res in _map(todo, opts, workers):
+            if isinstance(res, str):
+                result.errors.append(ErrorRecord(rec.path, res, "segment", rec.id))
+                done[(rec.id, rec.sha256)] = None
+            else:
+                done[(rec.id, rec.sha256)] = res
+                line = {"id": rec.id, "sha256": rec.sha256, "segments": [asdict(s) for s in res]}
+                jf.write(json.dumps(line, ensure_ascii=False) + "\n")
+                jf.flush()
+            bar.update(rec.duration / 3600)
+    bar.close()
+
+    def ordered() -> Iterator[Segment]:
+        for rec in recs:
+            for s in done.get((rec.id, rec.sha256)) or []:
+                result.segments += 1
+                result.reference_segments += s.text_source == "reference"
+                result.speech_hours += s.duration / 3600
+                yield s
+
+    write_manifest(out, ordered())
+    write_manifest(out.with_name(out.name.split(".")[0] + ".errors.jsonl"), result.errors)
+    result.audio_hours = sum(r.duration for r in recs) / 3600
+    journal.unlink(missing_ok=True)
+    return result
+
+
+def _map(
+    todo: list[Recording], opts: SegmentOptions, workers: int
+) -> Iterator[tuple[Recording, list[Segment] | str]]:
+    if workers <= 1:
+        for rec in todo:
+            yield rec, _segment_worker(rec, opts)
+        return
+    ctx = multiprocessing.get_context("forkserver")
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = {pool.submit(_segment_worker, rec, opts): rec for rec in todo}
+        try:
+            for f in cf.as_completed(futures):
+                yield futures[f], f.result()
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+
+def _read_journal(journal: Path, key: str) -> dict[tuple[str, str], list[Segment] | None]:
+    """Recordings finished by an interrupted run with the same options."""
+    done: dict[tuple[str, str], list[Segment] | None] = {}
+    if not journal.exists():
+        return done
+    try:
+        for n, obj in iter_json_lines(journal):
+            if n == 1 and obj.get("options") != key:
+                log.info("options changed since the interrupted run: starting afresh")
+                journal.unlink()
+                return {}
+            if "segments" in obj:
+                done[(obj["id"], obj["sha256"])] = [Segment(**s) for s in obj["segments"]]
+    except ManifestError:
+        pass  # the last line was cut short by a kill; the ones before it stand
+    return done

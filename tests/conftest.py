@@ -1,0 +1,86 @@
+"""Shared fixtures: the generated sample archive, its ingested manifests, and the real speech."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr.ingest import IngestOptions, ingest
+from asr.sample_archive import build_sample_archive
+from asr.vad import SegmentOptions, segment
+
+ROOT = Path(__file__).resolve().parents[1]
+REALSPEECH = Path(os.environ.get("ASR_REALSPEECH", ROOT.parent / "shared" / "data" / "realspeech"))
+
+
+@pytest.fixture(scope="session")
+def sample_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample archive (espeak-ng speech in many formats); returns its catalogue CSV."""
+    return build_sample_archive(tmp_path_factory.mktemp("sample") / "archive")
+
+
+@pytest.fixture(scope="session")
+def sample_manifests(sample_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample archive ingested and segmented once; returns the folder (read-only use)."""
+    out = tmp_path_factory.mktemp("sample_manifests")
+    ingest([], out, IngestOptions(catalogue=sample_archive, workers=2, progress=False))
+    segment(out / "recordings.jsonl", out / "segments.jsonl", SegmentOptions(progress=False))
+    return out
+
+
+@pytest.fixture(scope="session")
+def realspeech() -> Path:
+    """../shared/data/realspeech (or $ASR_REALSPEECH): real recorded speech with references."""
+    if not (REALSPEECH / "catalogue.csv").is_file():
+        pytest.fail(f"real speech not found at {REALSPEECH}; set ASR_REALSPEECH")
+    return REALSPEECH
+
+
+@pytest.fixture(scope="session")
+def realspeech_catalogue(realspeech: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real speech's catalogue in our catalogue format (rights, text or transcript file)."""
+    out = tmp_path_factory.mktemp("realspeech") / "catalogue.csv"
+    with open(realspeech / "catalogue.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    with open(out, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "path", "language", "rights", "collection", "text", "transcript"])
+        for r in rows:
+            longform = r["kind"] == "longform"
+            w.writerow(
+                [
+                    r["path"],
+                    str(realspeech / r["path"]),
+                    r["language"],
+                    r["license"],
+                    r["path"].split("/")[0],
+                    "" if longform else r["transcript"],
+                    str(realspeech / r["transcript"]) if longform else "",
+                ]
+            )
+    return out
+
+
+def espeak(text: str, path: Path, voice: str = "en", rate: int = 16000) -> np.ndarray:
+    """Speak text with espeak-ng; returns float32 mono audio at `rate` (also written to path)."""
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
+    audio, sr = sf.read(path, dtype="float32")
+    if sr != rate:
+        import soxr
+
+        audio = soxr.resample(audio, sr, rate).astype(np.float32)
+        sf.write(path, audio, rate)
+    return audio
+
+
+@pytest.fixture(scope="session")
+def have_espeak() -> None:
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is not installed (apt-get install espeak-ng; `make test` does)")
