@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,9 +13,9 @@ import soundfile as sf
 from asr.ingest import IngestOptions, ingest
 from asr.sample_archive import build_sample_archive
 from asr.vad import SegmentOptions, segment
+from benchmarks.realspeech import REALSPEECH, write_catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
-REALSPEECH = Path(os.environ.get("ASR_REALSPEECH", ROOT.parent / "shared" / "data" / "realspeech"))
 
 
 @pytest.fixture(scope="session")
@@ -46,26 +44,7 @@ def realspeech() -> Path:
 @pytest.fixture(scope="session")
 def realspeech_catalogue(realspeech: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real speech's catalogue in our catalogue format (rights, text or transcript file)."""
-    out = tmp_path_factory.mktemp("realspeech") / "catalogue.csv"
-    with open(realspeech / "catalogue.csv", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    with open(out, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "path", "language", "rights", "collection", "text", "transcript"])
-        for r in rows:
-            longform = r["kind"] == "longform"
-            w.writerow(
-                [
-                    r["path"],
-                    str(realspeech / r["path"]),
-                    r["language"],
-                    r["license"],
-                    r["path"].split("/")[0],
-                    "" if longform else r["transcript"],
-                    str(realspeech / r["transcript"]) if longform else "",
-                ]
-            )
-    return out
+    return write_catalogue(realspeech, tmp_path_factory.mktemp("realspeech") / "catalogue.csv")
 
 
 def espeak(text: str, path: Path, voice: str = "en", rate: int = 16000) -> np.ndarray:

@@ -124,11 +124,14 @@ def test_only_training_rights_are_written(shards, sample_manifests):
     assert {m["id"] for _, m in samples} == {s.id for s in allowed_texted}
 
 
-def test_killed_run_resumes_without_duplicates(sample_manifests, shards, tmp_path):
+def test_killed_run_resumes_without_duplicates(sample_manifests, tmp_path):
+    """SIGKILL mid-run, then the same command: no duplicates, no partial shards, nothing lost."""
+    policy = tmp_path / "all.yaml"  # every segment, so that the run is long enough to kill
+    policy.write_text("default: [train, transcribe]\n")
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "asr", "shard", str(sample_manifests / "segments.jsonl")]
-    cmd += ["--out", str(out), "--max-count", "1", "--no-progress", "-q"]
-    proc = subprocess.Popen(cmd)
+    cmd += ["--max-count", "1", "--allow-empty-text", "--policy", str(policy), "--no-progress"]
+    proc = subprocess.Popen([*cmd, "--out", str(out), "-q"])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list(out.glob("*.tar"))) < 2:
         time.sleep(0.005)
@@ -136,15 +139,27 @@ def test_killed_run_resumes_without_duplicates(sample_manifests, shards, tmp_pat
     proc.wait()
     before = sorted(p.name for p in out.glob("*.tar"))
     assert len(before) >= 2 and not (out / "shards.json").exists()
-    assert subprocess.run(cmd).returncode == 0
+    assert subprocess.run([*cmd, "--out", str(out), "-q"]).returncode == 0
+    clean = tmp_path / "clean"
+    assert subprocess.run([*cmd, "--out", str(clean), "-q"]).returncode == 0
     keys = [m["__key__"] for _, m in _all_samples(out)]
-    assert len(keys) == len(set(keys)) == len(_all_samples(shards))
+    assert len(keys) == len(set(keys))
+    assert sorted(keys) == sorted(m["__key__"] for _, m in _all_samples(clean))
+    assert len(keys) > len(before) + 10
     assert set(before) <= {p.name for p in out.glob("*.tar")}
     assert not list(out.glob(".*"))
     # a re-run of a finished job writes nothing new
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
-    assert subprocess.run(cmd).returncode == 0
+    assert subprocess.run([*cmd, "--out", str(out), "-q"]).returncode == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == mtimes
+
+
+def test_max_size_caps_shards(sample_manifests, tmp_path):
+    shard(sample_manifests / "segments.jsonl", tmp_path, _opts(max_size=300_000))
+    index = json.loads((tmp_path / "shards.json").read_text())
+    shards = [s for v in index["splits"].values() for s in v["shards"]]
+    assert len(shards) > 3
+    assert all(s["bytes"] <= 300_000 + 10_240 or s["samples"] == 1 for s in shards)
 
 
 def test_reader_refuses_unsafe_member_names(tmp_path):
