@@ -30,7 +30,8 @@ demo: sample
 	$(BIN)/asr ingest --catalogue build/sample-archive/catalogue.csv --out $(DEMO)
 	$(BIN)/asr segment $(DEMO)/recordings.jsonl --out $(DEMO)/segments.jsonl
 	$(BIN)/asr shard $(DEMO)/segments.jsonl --out $(DEMO)/shards
-	@echo "shards: $(DEMO)/shards/shards.json"
+	$(BIN)/asr transcribe $(DEMO)/recordings.jsonl --out $(DEMO)/transcripts
+	@echo "shards: $(DEMO)/shards/shards.json; transcripts: $(DEMO)/transcripts/"
 
 lint: setup
 	$(BIN)/ruff check .
@@ -45,6 +46,7 @@ test: lint
 
 bench: setup
 	$(BIN)/python benchmarks/corpus_throughput.py
+	$(BIN)/python benchmarks/transcribe_speed.py
 
 clean:
 	rm -rf build .pytest_cache

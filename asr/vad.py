@@ -53,6 +53,9 @@ class SegmentOptions:
     min_silence: float = 0.3
     pad: float = 0.2
     vad_model: str | None = None
+    fill: bool = False
+    """Fill segments up to max_duration (cut at the last pause that fits) instead of cutting
+    at the longest pauses: what transcription wants, where a segment is one model window."""
     workers: int = 0
     progress: bool | None = None
 
@@ -197,7 +200,17 @@ def plan_segments(
             split(rs[:k])
             split(rs[k:])
 
-    if regions:
+    if regions and opts.fill:
+        # fill each segment as far as the limit allows, cutting at the last pause that fits
+        group = [regions[0]]
+        for r in regions[1:]:
+            if r[1] - group[0][0] <= limit:
+                group.append(r)
+            else:
+                split(group)
+                group = [r]
+        split(group)
+    elif regions:
         split(regions)
     segments = []
     for i, (s, e) in enumerate(groups):

@@ -1,0 +1,149 @@
+"""The job database of `asr transcribe`: one SQLite file in OUT_DIR, a row per recording.
+
+It makes a run something an archivist can stop and start: re-running the same command skips
+what is done, a run killed with SIGKILL loses nothing (each change is committed at once, in
+WAL mode) and writes nothing twice (a recording whose outputs were all renamed into place before
+the kill is marked done without being transcribed again), and failures keep their reason until
+`--retry-failed` retries them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    key TEXT PRIMARY KEY,          -- output path relative to OUT_DIR, without extension
+    path TEXT NOT NULL,            -- the recording's file
+    recording_id TEXT,
+    status TEXT NOT NULL,          -- pending | running | done | failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    audio_seconds REAL,
+    wall_seconds REAL,
+    started REAL,
+    finished REAL,
+    language TEXT,
+    outputs TEXT                   -- JSON list of the output files
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started REAL NOT NULL,
+    finished REAL,
+    options TEXT,
+    summary TEXT
+);
+"""
+
+DB_NAME = "jobs.sqlite"
+
+
+@dataclass
+class Plan:
+    """What a run will do: the keys to transcribe and what it skips."""
+
+    todo: list[str]
+    done: int = 0
+    failed: int = 0
+    recovered: int = 0
+
+
+class JobDB:
+    """A SQLite job table; every method commits before it returns."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def register(self, jobs: list[tuple[str, str, str | None]]) -> None:
+        """Add (key, path, recording id) rows not yet known; known rows keep their status."""
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO jobs (key, path, recording_id, status) VALUES (?, ?, ?, 'pending') "
+                "ON CONFLICT(key) DO UPDATE SET path = excluded.path",
+                jobs,
+            )
+
+    def plan(self, keys: list[str], retry_failed: bool = False) -> Plan:
+        """Which of keys to transcribe now: pending ones, interrupted ones, failed ones if asked."""
+        plan = Plan(todo=[])
+        rows = {
+            r[0]: r[1:] for r in self.db.execute("SELECT key, status, outputs FROM jobs").fetchall()
+        }
+        for key in keys:
+            status, outputs = rows.get(key, ("pending", None))
+            if status == "done" and _all_exist(outputs):
+                plan.done += 1
+            elif status == "failed" and not retry_failed:
+                plan.failed += 1
+            elif status == "running" and _all_exist(outputs):
+                # killed after its outputs were renamed into place but before this row said so
+                self.db.execute(
+                    "UPDATE jobs SET status='done', finished=? WHERE key=?", (time.time(), key)
+                )
+                plan.recovered += 1
+            else:
+                plan.todo.append(key)
+        return plan
+
+    def start(self, key: str, outputs: list[Path]) -> None:
+        self.db.execute(
+            "UPDATE jobs SET status='running', attempts=attempts+1, started=?, error=NULL, "
+            "outputs=? WHERE key=?",
+            (time.time(), json.dumps([str(p) for p in outputs]), key),
+        )
+
+    def done(self, key: str, audio_seconds: float, wall_seconds: float, language: str | None):
+        self.db.execute(
+            "UPDATE jobs SET status='done', finished=?, audio_seconds=?, wall_seconds=?, "
+            "language=? WHERE key=?",
+            (time.time(), audio_seconds, wall_seconds, language, key),
+        )
+
+    def fail(self, key: str, error: str) -> None:
+        self.db.execute(
+            "UPDATE jobs SET status='failed', finished=?, error=? WHERE key=?",
+            (time.time(), error, key),
+        )
+
+    def begin_run(self, options: dict) -> int:
+        cur = self.db.execute(
+            "INSERT INTO runs (started, options) VALUES (?, ?)",
+            (time.time(), json.dumps(options, default=str)),
+        )
+        return int(cur.lastrowid)
+
+    def end_run(self, run_id: int, summary: dict) -> None:
+        self.db.execute(
+            "UPDATE runs SET finished=?, summary=? WHERE id=?",
+            (time.time(), json.dumps(summary), run_id),
+        )
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+
+    def row(self, key: str) -> dict | None:
+        cur = self.db.execute("SELECT * FROM jobs WHERE key=?", (key,))
+        r = cur.fetchone()
+        return dict(zip([d[0] for d in cur.description], r)) if r else None
+
+    def failures(self) -> list[tuple[str, str, str]]:
+        """(key, path, error) of every failed recording."""
+        return self.db.execute(
+            "SELECT key, path, error FROM jobs WHERE status='failed' ORDER BY key"
+        ).fetchall()
+
+
+def _all_exist(outputs: str | None) -> bool:
+    return bool(outputs) and all(Path(p).is_file() for p in json.loads(outputs))

@@ -1,0 +1,540 @@
+"""`asr transcribe`: whole archives to timestamped transcripts, as fast as the hardware allows.
+
+Decoding, resampling and VAD run in worker processes that stream speech chunks (at most 30 s
+each) ahead of the model through a bounded queue, so memory does not grow with a recording's
+length. Chunks from all recordings meet in one queue: short ones are packed several to a window
+and windows are batched by length, so the model is never fed mostly padding (the public tools
+batch only within one file). Each recording's results are stitched when its last chunk is back,
+written in every format under a temporary name and renamed, and recorded in the job database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from asr import __version__
+from asr.audio import MEDIA_EXTENSIONS, SAMPLE_RATE, AudioError, SpanCutter, stream
+from asr.engine.jobs import DB_NAME, JobDB
+from asr.engine.models import ModelInfo, resolve_model
+from asr.engine.whisper import WINDOW_S, DecodeOptions, PartResult, WhisperEngine, Window
+from asr.manifest import read_recordings
+from asr.outputs import EXTENSIONS, Transcript, TranscriptSegment, Word, write_outputs
+from asr.vad import SegmentOptions, SileroVad, plan_segments, speech_regions
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+@dataclass
+class TranscribeOptions:
+    """Options of `transcribe`; see `asr transcribe --help` for each one's meaning and default."""
+
+    model: str | None = None
+    formats: tuple[str, ...] = ("json", "vtt", "srt", "txt", "tei")
+    language: str | None = None
+    batch_size: int = 8
+    device: str = "cpu"
+    device_index: tuple[int, ...] = (0,)
+    compute_type: str | None = None
+    cpu_threads: int = 0
+    workers: int = 1
+    pack: bool = True
+    pack_seconds: float = 15.0
+    pack_gap: float = 1.0
+    retry_failed: bool = False
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    vad: SegmentOptions = field(
+        default_factory=lambda: SegmentOptions(
+            max_duration=WINDOW_S - 1.0, min_duration=0.3, fill=True
+        )
+    )
+    progress: bool | None = None
+
+    def resolved_compute_type(self) -> str:
+        return self.compute_type or ("int8" if self.device == "cpu" else "float16")
+
+
+@dataclass
+class Job:
+    """One recording to transcribe; key is its output path under OUT_DIR, without extension."""
+
+    key: str
+    path: str
+    recording_id: str
+    language: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class TranscribeResult:
+    """The summary of a run."""
+
+    done: int = 0
+    failed: int = 0
+    skipped_done: int = 0
+    skipped_failed: int = 0
+    recovered: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    db: Path | None = None
+
+    @property
+    def rtfx(self) -> float:
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def collect_jobs(inputs: list[str | os.PathLike]) -> list[Job]:
+    """Recordings from folders (every media file), files, or recordings manifests."""
+    jobs: list[Job] = []
+    many = len(inputs) > 1
+    for item in inputs:
+        p = Path(item)
+        if p.is_file() and p.name.endswith(MANIFEST_SUFFIXES):
+            for rec in read_recordings(p):
+                meta = {
+                    k: v
+                    for k, v in asdict(rec).items()
+                    if k in ("title", "date", "collection", "rights", "speakers") and v
+                }
+                meta["id"] = rec.id
+                meta.update(rec.metadata)
+                jobs.append(Job(_key(rec.id), rec.path, rec.id, rec.language, meta))
+        elif p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in MEDIA_EXTENSIONS:
+                    if any(part.startswith(".") for part in f.relative_to(p).parts):
+                        continue
+                    rel = f.relative_to(p).as_posix()
+                    key = _key(f"{p.name}/{rel}" if many else rel)
+                    jobs.append(Job(key, str(f.resolve()), rel))
+        elif p.is_file():
+            jobs.append(Job(_key(p.name), str(p.resolve()), p.name))
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    seen: dict[str, int] = {}
+    for job in jobs:  # two inputs that would write the same outputs get distinct names
+        n = seen.get(job.key, 0)
+        seen[job.key] = n + 1
+        if n:
+            job.key = f"{job.key}-{n + 1}"
+    return jobs
+
+
+def _key(name: str) -> str:
+    """A safe output path (relative, no '..') for a recording id or path, minus its extension."""
+    parts = [re.sub(r"[^\w.\-]+", "_", x) for x in name.replace("\\", "/").split("/")]
+    parts = [x for x in parts if x not in ("", ".", "..")] or ["recording"]
+    stem, ext = os.path.splitext(parts[-1])
+    if ext.lower() in MEDIA_EXTENSIONS and stem:
+        parts[-1] = stem
+    return "/".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# producers: decode + VAD + cut, in worker threads (FFmpeg and onnxruntime release the GIL, so
+# threads decode in parallel with the model without the start-up and copying of processes)
+
+
+class _Stopped(Exception):
+    """The consumer has gone: a producer stops where it is."""
+
+
+def _producer(
+    tasks: queue.Queue, out_q: queue.Queue, vad_opts: SegmentOptions, stop: threading.Event
+) -> None:
+    """Take (key, path) tasks; stream ('start'|'chunk'|'end'|'fail', ...) messages out."""
+
+    class _Out:
+        @staticmethod
+        def put(msg: tuple) -> None:
+            while True:
+                if stop.is_set():
+                    raise _Stopped
+                try:
+                    out_q.put(msg, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
+
+    out = _Out()
+    vad = SileroVad(vad_opts.vad_model)
+    while True:
+        task = tasks.get()
+        if task is None or stop.is_set():
+            with contextlib.suppress(_Stopped):
+                out.put(("exit",))
+            return
+        key, path = task
+        try:
+            probs = vad.probabilities(stream(path))
+            duration = probs.size * 512 / SAMPLE_RATE
+            spans = plan_segments(speech_regions(probs, vad_opts), probs, duration, vad_opts)
+            if spans:
+                # the exact duration comes from the second pass
+                cutter = SpanCutter(spans)
+                n_samples = 0
+                out.put(("start", key, len(spans)))
+                for block in _blocks(path):
+                    if block is not None:
+                        n_samples += block.size
+                    for idx, audio in cutter.feed(block):
+                        out.put(("chunk", key, idx, spans[idx][0], audio))
+                out.put(("end", key, n_samples / SAMPLE_RATE))
+            else:
+                out.put(("start", key, 0))
+                out.put(("end", key, _duration(path)))
+        except _Stopped:
+            return
+        except AudioError as e:
+            out.put(("fail", key, e.reason))
+        except Exception as e:  # one bad file never stops the batch
+            out.put(("fail", key, f"{type(e).__name__}: {e}"))
+
+
+def _blocks(path: str) -> Iterator[np.ndarray | None]:
+    yield from stream(path)
+    yield None
+
+
+def _duration(path: str) -> float:
+    return sum(b.size for b in stream(path)) / SAMPLE_RATE
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class _Pending:
+    """A recording in flight: its chunks' results as they come back."""
+
+    job: Job
+    started: float
+    n_chunks: int | None = None
+    duration: float | None = None
+    language: str | None = None
+    language_probability: float | None = None
+    results: dict[int, tuple[float, PartResult]] = field(default_factory=dict)
+    waiting: list[tuple[int, float, np.ndarray]] = field(default_factory=list)
+
+    def complete(self) -> bool:
+        return (
+            self.n_chunks is not None
+            and self.duration is not None
+            and len(self.results) == self.n_chunks
+        )
+
+
+class Transcriber:
+    """Runs the pipeline for a list of jobs with one engine (one model replica)."""
+
+    def __init__(self, out_dir: Path, opts: TranscribeOptions, model: ModelInfo | None = None):
+        self.out_dir = Path(out_dir)
+        self.opts = opts
+        self.model = model or resolve_model(opts.model)
+        if self.model.kind != "whisper":
+            raise ValueError(
+                f"{self.model.path}: {self.model.kind} (CTC) models are not supported by "
+                "`asr transcribe` yet; use a Whisper model"
+            )
+        self._solo = set()  # chunks to decode alone: they were skipped in a packed window
+        self.repacked = 0
+        self.engine = WhisperEngine(
+            str(self.model.path),
+            device=opts.device,
+            device_index=list(opts.device_index),
+            compute_type=opts.resolved_compute_type(),
+            cpu_threads=opts.cpu_threads,
+        )
+
+    _solo: set = set()
+
+    def _language(self, job: Job) -> str | None:
+        """--language, else the catalogue's (if the model knows it), else None: detect it."""
+        if not self.engine.multilingual:
+            return "en"
+        for lang in (self.opts.language, job.language):
+            if lang and lang in self.engine.fw.supported_languages:
+                return lang
+            if lang:
+                log.warning("%s: language '%s' unknown to the model, detecting it", job.key, lang)
+        return None
+
+    def outputs(self, job: Job) -> list[Path]:
+        return [self.out_dir / (job.key + EXTENSIONS[f]) for f in self.opts.formats]
+
+    def run(self, jobs: list[Job], db: JobDB) -> Iterator[tuple[str, str | None, float]]:
+        """Transcribe jobs; yield (key, error or None, audio seconds) as each one finishes."""
+        opts = self.opts
+        by_key = {j.key: j for j in jobs}
+        tasks: queue.Queue = queue.Queue()
+        out: queue.Queue = queue.Queue(maxsize=max(16, 4 * opts.batch_size))
+        n_workers = max(1, min(opts.workers, len(jobs)))
+        for job in jobs:
+            tasks.put((job.key, job.path))
+        for _ in range(n_workers):
+            tasks.put(None)
+        stop = threading.Event()
+        procs = [
+            threading.Thread(target=_producer, args=(tasks, out, opts.vad, stop), daemon=True)
+            for _ in range(n_workers)
+        ]
+        for p in procs:
+            p.start()
+        pending: dict[str, _Pending] = {}
+        chunks: dict[str, list[tuple[tuple[str, int], float, np.ndarray]]] = {}
+        exited = 0
+        try:
+            while exited < n_workers or any(chunks.values()):
+                msg = None
+                if exited < n_workers:
+                    try:
+                        msg = out.get(timeout=0.5 if any(chunks.values()) else 30)
+                    except queue.Empty:
+                        if not any(p.is_alive() for p in procs) and out.empty():
+                            raise RuntimeError("the decoding workers died") from None
+                if msg is None:
+                    # nothing new: run what is waiting, partial batches included
+                    yield from self._run_batches(chunks, pending, db, flush=True)
+                    continue
+                kind, key = msg[0], (msg[1] if len(msg) > 1 else None)
+                if kind == "exit":
+                    exited += 1
+                    continue
+                if kind == "fail":
+                    pending.pop(key, None)
+                    yield key, msg[2], 0.0
+                    continue
+                pend = pending.get(key)
+                if pend is None and kind != "start":
+                    continue  # a recording that failed while its chunks were on the way
+                if kind == "start":
+                    job = by_key[key]
+                    db.start(key, self.outputs(job))
+                    pend = pending[key] = _Pending(job, time.perf_counter(), n_chunks=msg[2])
+                    pend.language = self._language(job)
+                elif kind == "chunk":
+                    _, _, idx, start, audio = msg
+                    if pend.language is None:  # detect from the first chunk, once per recording
+                        pend.language, pend.language_probability = self.engine.detect_language(
+                            audio
+                        )
+                    chunks.setdefault(pend.language, []).append(((key, idx), start, audio))
+                elif kind == "end":
+                    pend.duration = msg[2]
+                yield from self._finish_ready(pending, db)
+                yield from self._run_batches(chunks, pending, db, flush=False)
+            yield from self._finish_ready(pending, db)
+        finally:
+            stop.set()
+            for p in procs:
+                p.join(timeout=10)
+
+    def _run_batches(self, chunks, pending, db, flush: bool):
+        """Pack waiting chunks into windows and decode full batches (all of them if flush)."""
+        opts = self.opts
+        for lang in list(chunks):
+            items = chunks[lang]
+            while items:
+                windows = self._pack(items, lang)
+                if len(windows) <= opts.batch_size and not flush:
+                    break
+                batch = windows[: opts.batch_size]
+                taken = {p.key for w in batch for p in w.parts}
+                starts = {k: s for k, s, _ in items}
+                batch_items = [it for it in items if it[0] in taken]
+                items[:] = [it for it in items if it[0] not in taken]
+                try:
+                    results = self.engine.transcribe(batch, opts.decode)
+                except Exception as e:  # keep the rest of the archive going
+                    log.exception("decoding failed for a batch")
+                    for k in taken:
+                        if k[0] in pending:
+                            pending.pop(k[0])
+                            yield k[0], f"decoding failed ({type(e).__name__}: {e})", 0.0
+                    continue
+                audio_of = {k: a for k, _, a in batch_items}
+                for window, window_results in zip(batch, results):
+                    for pr in window_results:
+                        rkey, idx = pr.key
+                        if len(window.parts) > 1 and _skipped(pr, audio_of[pr.key]):
+                            # Whisper can skip a chunk it shares a window with: decode it alone
+                            self._solo.add(pr.key)
+                            items.append((pr.key, starts[pr.key], audio_of[pr.key]))
+                            self.repacked += 1
+                        elif rkey in pending:
+                            pending[rkey].results[idx] = (starts[pr.key], pr)
+                yield from self._finish_ready(pending, db)
+            if not items:
+                del chunks[lang]
+
+    def _pack(self, items, lang: str) -> list[Window]:
+        """First-fit decreasing: long chunks fill windows alone, short ones share them."""
+        opts = self.opts
+        limit = opts.pack_seconds if opts.pack else 0.0
+        windows: list[Window] = []
+        for key, _, audio in sorted(items, key=lambda it: -it[2].size):
+            d = audio.size / SAMPLE_RATE
+            fits = limit if key not in self._solo else 0.0
+            target = next((w for w in windows if fits and w.fits(d, opts.pack_gap, fits)), None)
+            if target is not None and any(p.key in self._solo for p in target.parts):
+                target = None
+            if target is None:
+                target = Window(lang)
+                windows.append(target)
+            target.add(key, audio[: int((WINDOW_S - 0.5) * SAMPLE_RATE)], opts.pack_gap)
+        return windows
+
+    def _finish_ready(self, pending: dict[str, _Pending], db: JobDB):
+        for key in [k for k, p in pending.items() if p.complete()]:
+            pend = pending.pop(key)
+            try:
+                transcript = self._transcript(pend)
+                write_outputs(transcript, self.out_dir / key, self.opts.formats)
+            except OSError as e:
+                yield key, f"writing outputs failed ({e})", 0.0
+                continue
+            db.done(key, pend.duration, time.perf_counter() - pend.started, pend.language)
+            yield key, None, pend.duration
+
+    def _transcript(self, pend: _Pending) -> Transcript:
+        segments: list[TranscriptSegment] = []
+        for idx in sorted(pend.results):
+            start, pr = pend.results[idx]
+            for s in pr.segments:
+                segments.append(
+                    TranscriptSegment(
+                        id=len(segments),
+                        start=round(start + s["start"], 3),
+                        end=round(start + s["end"], 3),
+                        text=s["text"],
+                        avg_logprob=round(pr.avg_logprob, 4),
+                        no_speech_prob=round(pr.no_speech_prob, 4),
+                        compression_ratio=round(pr.compression_ratio, 3),
+                        words=[
+                            Word(
+                                start=round(start + w["start"], 3),
+                                end=round(start + w["end"], 3),
+                                word=w["word"],
+                                probability=w["probability"],
+                            )
+                            for w in s["words"]
+                        ],
+                    )
+                )
+        import ctranslate2
+        import faster_whisper
+
+        return Transcript(
+            recording_id=pend.job.recording_id,
+            path=pend.job.path,
+            duration=round(pend.duration or 0.0, 3),
+            language=pend.language,
+            language_probability=pend.language_probability,
+            segments=segments,
+            model={
+                "name": self.model.name,
+                "path": str(self.model.path),
+                "sha256": self.model.sha256,
+            },
+            options=_options_dict(self.opts),
+            software={
+                "archive-asr": __version__,
+                "ctranslate2": ctranslate2.__version__,
+                "faster-whisper": faster_whisper.__version__,
+            },
+            metadata=pend.job.metadata,
+        )
+
+
+def _skipped(pr: PartResult, audio: np.ndarray) -> bool:
+    """Whether a packed chunk's result looks skipped: speech (VAD said so) but almost no words."""
+    seconds = audio.size / SAMPLE_RATE
+    n_words = sum(len(s["text"].split()) for s in pr.segments)
+    return n_words == 0 or (seconds > 3 and n_words / seconds < 0.4)
+
+
+def _options_dict(opts: TranscribeOptions) -> dict:
+    d = asdict(opts)
+    d["compute_type"] = opts.resolved_compute_type()
+    d.pop("progress", None)
+    return d
+
+
+def transcribe(
+    inputs: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    options: TranscribeOptions | None = None,
+) -> TranscribeResult:
+    """Transcribe every recording of inputs into out_dir; see the module docstring."""
+    opts = options or TranscribeOptions()
+    bad = [f for f in opts.formats if f not in EXTENSIONS]
+    if bad:
+        raise ValueError(f"unknown output format(s) {bad}; choose from {sorted(EXTENSIONS)}")
+    out_dir = Path(out_dir)
+    jobs = collect_jobs(inputs)
+    db = JobDB(out_dir / DB_NAME)
+    result = TranscribeResult(db=db.path)
+    try:
+        db.register([(j.key, j.path, j.recording_id) for j in jobs])
+        plan = db.plan([j.key for j in jobs], opts.retry_failed)
+        result.skipped_done, result.skipped_failed = plan.done, plan.failed
+        result.recovered = plan.recovered
+        todo = [j for j in jobs if j.key in set(plan.todo)]
+        run_id = db.begin_run(_options_dict(opts))
+        t0 = time.perf_counter()
+        if todo:
+            transcriber = Transcriber(out_dir, opts)
+            bar = tqdm(
+                total=len(todo),
+                unit="rec",
+                desc="transcribe",
+                disable=None if opts.progress is None else not opts.progress,
+            )
+            for key, error, seconds in transcriber.run(todo, db):
+                if error is None:
+                    result.done += 1
+                    result.audio_seconds += seconds
+                else:
+                    db.fail(key, error)
+                    result.failed += 1
+                    log.warning("failed: %s: %s", key, error)
+                elapsed = time.perf_counter() - t0
+                bar.update(1)
+                bar.set_postfix_str(
+                    f"{result.audio_seconds / 3600:.2f} h audio, "
+                    f"RTFx {result.audio_seconds / max(elapsed, 1e-9):.1f}"
+                )
+            bar.close()
+        result.wall_seconds = time.perf_counter() - t0
+        result.failures = db.failures()
+        db.end_run(
+            run_id,
+            {
+                "done": result.done,
+                "failed": result.failed,
+                "audio_seconds": result.audio_seconds,
+                "wall_seconds": result.wall_seconds,
+            },
+        )
+    finally:
+        db.close()
+    return result

@@ -1,0 +1,436 @@
+"""Whisper on CTranslate2, fed windows that may pack several short chunks each.
+
+Whisper's encoder always sees a 30 s window, so a 4 s clip costs as much encoder time as 30 s
+of speech. Windows here hold one long chunk or several short ones (from any recordings, with a
+short pause between them); the decoded words are split back to their chunks by time. Windows
+are batched, decoded with beam search, and re-decoded at higher temperatures when the result
+looks like a hallucination (compression ratio, log probability, a repeating loop), as Whisper
+does. Word timestamps come from ctranslate2's cross-attention alignment.
+
+faster-whisper's parts do what they do well here: loading, the mel front end, the tokenizer,
+splitting tokens at timestamps and word alignment. What faster-whisper lacks is what this
+module adds: batches of packed windows across recordings, with temperature fallback per window.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass, field
+
+import ctranslate2
+import numpy as np
+from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import Tokenizer
+
+from asr.audio import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 30.0
+
+
+@dataclass
+class DecodeOptions:
+    """How to decode; the defaults are Whisper's own (see `asr transcribe --help`)."""
+
+    beam_size: int = 5
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float = 2.4
+    log_prob_threshold: float = -1.0
+    no_speech_threshold: float = 0.6
+    length_penalty: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    max_initial_timestamp: float = 1.0
+    word_timestamps: bool = True
+    max_segment_chars: int = 84
+    """Segments cut from words stay within two subtitle lines where the sentence allows."""
+    task: str = "transcribe"
+    prepend_punctuations: str = "\"'“¿([{-"
+    append_punctuations: str = "\"'.。,，!！?？:：”)]}、"
+
+
+@dataclass
+class Part:
+    """One chunk of one recording placed in a window at `offset` seconds."""
+
+    key: object
+    offset: float
+    duration: float
+
+
+@dataclass
+class Window:
+    """Up to 30 s of audio holding one or more chunks, all in one language."""
+
+    language: str
+    parts: list[Part] = field(default_factory=list)
+    audio: list[np.ndarray] = field(default_factory=list)
+    length: float = 0.0
+
+    def fits(self, duration: float, gap: float, limit: float) -> bool:
+        """Whether a chunk joins this window: packed windows stop at `limit` seconds."""
+        return self.length + duration + (gap if self.parts else 0.0) <= limit
+
+    def add(self, key: object, audio: np.ndarray, gap: float) -> None:
+        if self.parts:
+            self.audio.append(np.zeros(int(gap * SAMPLE_RATE), np.float32))
+            self.length += gap
+        self.parts.append(Part(key, self.length, audio.size / SAMPLE_RATE))
+        self.audio.append(audio)
+        self.length += audio.size / SAMPLE_RATE
+
+    def samples(self) -> np.ndarray:
+        return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
+
+
+@dataclass
+class PartResult:
+    """What the model heard in one part: segments in part time (seconds from the part's start)."""
+
+    key: object
+    segments: list[dict]
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    temperature: float
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / max(1, len(zlib.compress(data)))
+
+
+def has_loop(tokens: list[int], n: int = 3, max_repeats: int = 4) -> bool:
+    """True when some n-gram of tokens repeats back to back max_repeats times (a decoding loop)."""
+    for size in range(1, n + 1):
+        for start in range(size):
+            run, prev = 1, None
+            for i in range(start, len(tokens) - size + 1, size):
+                gram = tuple(tokens[i : i + size])
+                run = run + 1 if gram == prev else 1
+                if run >= max_repeats and (size > 1 or run >= 2 * max_repeats):
+                    return True
+                prev = gram
+    return False
+
+
+class WhisperEngine:
+    """A loaded CTranslate2 Whisper model that transcribes batches of windows."""
+
+    def __init__(
+        self,
+        model_path: str,
+        device: str = "cpu",
+        device_index: int | list[int] = 0,
+        compute_type: str = "default",
+        cpu_threads: int = 0,
+        num_workers: int = 1,
+    ):
+        self.fw = WhisperModel(
+            model_path,
+            device=device,
+            device_index=device_index,
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
+            num_workers=num_workers,
+        )
+        self.model = self.fw.model
+        self.multilingual = self.model.is_multilingual
+        self._tokenizers: dict[str, Tokenizer] = {}
+
+    def tokenizer(self, language: str | None, task: str = "transcribe") -> Tokenizer:
+        key = f"{language}:{task}"
+        if key not in self._tokenizers:
+            self._tokenizers[key] = Tokenizer(
+                self.fw.hf_tokenizer,
+                self.multilingual,
+                task=task if self.multilingual else None,
+                language=(language or "en") if self.multilingual else None,
+            )
+        return self._tokenizers[key]
+
+    def features(self, audio: np.ndarray) -> np.ndarray:
+        """Log-mel features of a 30 s window (zero-padded), as Whisper's encoder takes them."""
+        padded = np.zeros(int(WINDOW_S * SAMPLE_RATE), np.float32)
+        padded[: min(audio.size, padded.size)] = audio[: padded.size]
+        return self.fw.feature_extractor(padded)[:, : self.fw.feature_extractor.nb_max_frames]
+
+    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
+        """The most likely language of up to 30 s of audio and its probability."""
+        if not self.multilingual:
+            return "en", 1.0
+        enc = self.fw.encode(self.features(audio)[None])
+        lang, prob = self.model.detect_language(enc)[0][0]
+        return lang[2:-2], float(prob)
+
+    def transcribe(self, windows: list[Window], opts: DecodeOptions) -> list[list[PartResult]]:
+        """Decode a batch of windows (one language each); return each window's part results."""
+        if not windows:
+            return []
+        feats = np.stack([self.features(w.samples()) for w in windows])
+        encoder_output = self.fw.encode(feats)
+        outputs = self._generate_with_fallback(feats, encoder_output, windows, opts)
+        results = []
+        segment_lists = []
+        for w, out in zip(windows, outputs):
+            tok = self.tokenizer(w.language, opts.task)
+            size = int(np.ceil(min(WINDOW_S, w.length + 0.5)) * self.fw.frames_per_second)
+            subsegments, _, _ = self.fw._split_segments_by_timestamps(
+                tokenizer=tok,
+                tokens=out["tokens"],
+                time_offset=0.0,
+                segment_size=size,
+                segment_duration=min(WINDOW_S, w.length),
+                seek=0,
+            )
+            segs = [
+                dict(
+                    text=tok.decode(s["tokens"]),
+                    tokens=s["tokens"],
+                    start=s["start"],
+                    end=min(s["end"], w.length),
+                    seek=0,
+                )
+                for s in subsegments
+                if any(t < tok.eot for t in s["tokens"])
+            ]
+            if out["silent"]:
+                segs = []
+            segment_lists.append(segs)
+        if opts.word_timestamps:
+            self._add_words(feats, windows, segment_lists, encoder_output, opts)
+        for w, out, segs in zip(windows, outputs, segment_lists):
+            results.append(self._split_to_parts(w, out, segs, opts))
+        return results
+
+    def _generate_with_fallback(
+        self, feats: np.ndarray, encoder_output, windows: list[Window], opts: DecodeOptions
+    ) -> list[dict]:
+        """Generate for all windows; windows whose output looks wrong go again, hotter."""
+        n = len(windows)
+        best: list[dict | None] = [None] * n
+        todo = list(range(n))
+        max_initial = int(round(opts.max_initial_timestamp / self.fw.time_precision))
+        for t_index, temperature in enumerate(opts.temperatures):
+            if not todo:
+                break
+            results = [None] * len(todo)
+            kwargs = (
+                dict(beam_size=opts.beam_size, patience=1.0)
+                if temperature == 0
+                else dict(sampling_topk=0, sampling_temperature=temperature, beam_size=1)
+            )
+            # ctranslate2 wants one prompt shape per call: windows of one chunk decode without
+            # timestamp tokens (segments come from the words: fewer tokens, no drifting
+            # timestamps over a long chunk); packed windows need them to split their chunks
+            plain = [opts.word_timestamps and len(windows[i].parts) == 1 for i in todo]
+            for flag in (True, False):
+                group = [j for j, p in enumerate(plain) if p == flag]
+                if not group:
+                    continue
+                prompts = [
+                    self.fw.get_prompt(
+                        self.tokenizer(windows[todo[j]].language, opts.task),
+                        [],
+                        without_timestamps=flag,
+                    )
+                    for j in group
+                ]
+                sub = self._select(feats, encoder_output, [todo[j] for j in group])
+                out = self.model.generate(
+                    sub,
+                    prompts,
+                    length_penalty=opts.length_penalty,
+                    repetition_penalty=opts.repetition_penalty,
+                    no_repeat_ngram_size=opts.no_repeat_ngram_size,
+                    max_length=self.fw.max_length,
+                    return_scores=True,
+                    return_no_speech_prob=True,
+                    suppress_blank=True,
+                    suppress_tokens=[-1],
+                    max_initial_timestamp_index=max_initial,
+                    **kwargs,
+                )
+                for j, r in zip(group, out):
+                    results[j] = r
+            still = []
+            for i, r in zip(todo, results):
+                tokens = r.sequences_ids[0]
+                tok = self.tokenizer(windows[i].language, opts.task)
+                text = tok.decode([t for t in tokens if t < tok.eot])
+                avg_logprob = r.scores[0] * (len(tokens) ** opts.length_penalty) / (len(tokens) + 1)
+                out = dict(
+                    tokens=tokens,
+                    avg_logprob=avg_logprob,
+                    no_speech_prob=r.no_speech_prob,
+                    compression_ratio=compression_ratio(text),
+                    temperature=temperature,
+                    silent=False,
+                )
+                silent = (
+                    r.no_speech_prob > opts.no_speech_threshold
+                    and avg_logprob < opts.log_prob_threshold
+                )
+                bad = (
+                    out["compression_ratio"] > opts.compression_ratio_threshold
+                    or avg_logprob < opts.log_prob_threshold
+                    or has_loop([t for t in tokens if t < tok.eot])
+                )
+                if silent:
+                    out["silent"] = True
+                    best[i] = out
+                elif bad and t_index + 1 < len(opts.temperatures):
+                    if best[i] is None or avg_logprob > best[i]["avg_logprob"]:
+                        best[i] = out
+                    still.append(i)
+                else:
+                    if bad and best[i] is not None and best[i]["avg_logprob"] > avg_logprob:
+                        out = best[i]
+                    best[i] = out
+            todo = still
+        return best  # type: ignore[return-value]
+
+    def _add_words(
+        self, feats, windows, segment_lists, encoder_output, opts: DecodeOptions
+    ) -> None:
+        """Word timings for every segment (faster-whisper's alignment over the batch)."""
+        by_lang: dict[str, list[int]] = {}
+        for i, w in enumerate(windows):
+            if segment_lists[i]:
+                by_lang.setdefault(w.language, []).append(i)
+        for lang, idx in by_lang.items():
+            tok = self.tokenizer(lang, opts.task)
+            sub = self._select(feats, encoder_output, idx)
+            frames = [
+                int(np.ceil(min(WINDOW_S, windows[i].length + 0.5)) * self.fw.frames_per_second)
+                for i in idx
+            ]
+            self.fw.add_word_timestamps(
+                [segment_lists[i] for i in idx],
+                tok,
+                sub,
+                frames,
+                opts.prepend_punctuations,
+                opts.append_punctuations,
+                0.0,
+            )
+
+    def _split_to_parts(
+        self, w: Window, out: dict, segs: list[dict], opts: DecodeOptions
+    ) -> list[PartResult]:
+        """Give each part the words that fall inside it (without words: the segments)."""
+        bounds = [p.offset + p.duration for p in w.parts]
+
+        def part_of(t: float) -> int:
+            # the part whose span, widened to the middle of the gaps around it, holds t
+            for k in range(len(w.parts) - 1):
+                if t < (bounds[k] + w.parts[k + 1].offset) / 2:
+                    return k
+            return len(w.parts) - 1
+
+        per_part: list[list[dict]] = [[] for _ in w.parts]
+        if opts.word_timestamps:
+            words: list[list[dict]] = [[] for _ in w.parts]
+            for s in segs:
+                for x in s.get("words") or []:
+                    k = part_of((x["start"] + x["end"]) / 2)
+                    p = w.parts[k]
+                    words[k].append(
+                        dict(
+                            word=x["word"],
+                            start=round(min(p.duration, max(0.0, x["start"] - p.offset)), 3),
+                            end=round(min(p.duration, max(0.0, x["end"] - p.offset)), 3),
+                            probability=round(float(x["probability"]), 4),
+                        )
+                    )
+            per_part = [segments_from_words(ws, opts.max_segment_chars) for ws in words]
+        else:
+            for s in segs:
+                k = part_of((s["start"] + s["end"]) / 2)
+                p = w.parts[k]
+                per_part[k].append(
+                    dict(
+                        start=round(max(0.0, s["start"] - p.offset), 3),
+                        end=round(min(p.duration, max(0.0, s["end"] - p.offset)), 3),
+                        text=s["text"].strip(),
+                        words=[],
+                    )
+                )
+        return [
+            PartResult(
+                key=p.key,
+                segments=[x for x in per_part[k] if x["text"]],
+                avg_logprob=float(out["avg_logprob"]),
+                no_speech_prob=float(out["no_speech_prob"]),
+                compression_ratio=float(out["compression_ratio"]),
+                temperature=float(out["temperature"]),
+            )
+            for k, p in enumerate(w.parts)
+        ]
+
+    def _select(self, feats: np.ndarray, encoder_output, idx: list[int]):
+        """The encoder outputs of windows idx: sliced on the CPU, encoded again on a GPU."""
+        if len(idx) == len(feats):
+            return encoder_output
+        if encoder_output.device == "cpu":
+            arr = np.asarray(encoder_output)[idx]
+            return ctranslate2.StorageView.from_array(np.ascontiguousarray(arr))
+        return self.fw.encode(feats[idx])
+
+
+SENTENCE_END = (".", "?", "!", "。", "？", "！", "…")
+
+
+def segments_from_words(words: list[dict], max_chars: int = 84, pause: float = 0.8) -> list[dict]:
+    """Cut a run of timed words into segments: at sentence ends, at pauses of `pause` seconds,
+    and, for sentences longer than max_chars, at the last comma (else word) that fits."""
+    segments: list[dict] = []
+    current: list[dict] = []
+
+    def close() -> None:
+        if current:
+            text = "".join(x["word"] for x in current).strip()
+            segments.append(
+                dict(start=current[0]["start"], end=current[-1]["end"], text=text, words=current[:])
+            )
+            current.clear()
+
+    for x in words:
+        if current and x["start"] - current[-1]["end"] >= pause:
+            close()
+        length = len("".join(y["word"] for y in current).strip())
+        if current and length + len(x["word"]) > max_chars:
+            commas = [i for i, y in enumerate(current[:-1]) if y["word"].rstrip().endswith(",")]
+            if commas:
+                rest = current[commas[-1] + 1 :]
+                del current[commas[-1] + 1 :]
+                close()
+                current.extend(rest)
+            else:
+                close()
+        current.append(x)
+        if x["word"].rstrip().endswith(SENTENCE_END):
+            close()
+    close()
+    return segments
+
+
+def pack(
+    chunks: list[tuple[object, np.ndarray]], language: str, gap: float = 1.0, limit: float = 15.0
+) -> list[Window]:
+    """Pack chunks (key, audio of at most 30 s) into windows of at most `limit` s, in order.
+
+    Measured on 99 English utterances (tiny.en): filling whole 30 s windows makes Whisper skip
+    sentences (WER 10.3%); windows of 15 s with 1 s pauses cost half the encoder time of
+    unpacked clips and decode as well as they do (WER 6.9% against 7.9% unpacked).
+    """
+    windows: list[Window] = []
+    for key, audio in chunks:
+        audio = audio[: int((WINDOW_S - 0.5) * SAMPLE_RATE)]
+        d = audio.size / SAMPLE_RATE
+        if not windows or not windows[-1].fits(d, gap, limit):
+            windows.append(Window(language))
+        windows[-1].add(key, audio, gap)
+    return windows

@@ -1,0 +1,264 @@
+"""`asr transcribe` with real Whisper weights (tiny.en, CTranslate2), real and synthetic speech."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pytest
+import soundfile as sf
+import srt
+import webvtt
+from lxml import etree
+from whisper_normalizer.english import EnglishTextNormalizer
+
+from asr.audio import load
+from asr.engine.jobs import DB_NAME
+from asr.engine.transcribe import TranscribeOptions, _key, collect_jobs, transcribe
+from asr.engine.whisper import compression_ratio, has_loop
+
+NORM = EnglishTextNormalizer()
+ENGLISH = [  # (path in the sample archive, how its transcript is given)
+    "oral_history/harbour_master_1957.wav",
+    "radio/news_bulletin_river.mp3",
+    "radio/morning_programme.m4a",
+    "oral_history/ferry_memories.flac",
+]
+
+
+def _wer(ref: str, hyp: str) -> float:
+    return jiwer.wer(NORM(ref), NORM(hyp) or "<empty>")
+
+
+def _seconds(stamp: str) -> float:
+    h, m, s = stamp.replace(",", ".").split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def _opts(**kw) -> TranscribeOptions:
+    kw.setdefault("progress", False)
+    kw.setdefault("language", "en")
+    return TranscribeOptions(**kw)
+
+
+@pytest.fixture(scope="module")
+def holdings(sample_archive, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """English sample recordings, a corrupt and an empty file, and 20 s of silence."""
+    root = tmp_path_factory.mktemp("holdings")
+    src = sample_archive.parent
+    with open(sample_archive, encoding="utf-8") as f:
+        cat = {r["path"]: r for r in csv.DictReader(f)}
+    refs = {}
+    for rel in ENGLISH:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / rel, root / rel)
+        row = cat[rel]
+        refs[_key(rel)] = row["text"] or (src / row["transcript"]).read_text(encoding="utf-8")
+    (root / "radio" / "broken.mp3").write_bytes((src / "radio" / "broken.mp3").read_bytes())
+    (root / "empty.wav").write_bytes(b"")
+    sf.write(root / "silence.wav", np.zeros(16000 * 20, np.float32), 16000)
+    return root, refs
+
+
+@pytest.fixture(scope="module")
+def transcribed(holdings, tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("transcripts")
+    result = transcribe([holdings[0]], out, _opts())
+    return out, result
+
+
+def test_outputs_parse_and_match_the_speech(holdings, transcribed):
+    root, refs = holdings
+    out, result = transcribed
+    assert (result.done, result.failed) == (5, 2)
+    texts = [json.loads((out / f"{k}.json").read_text())["text"] for k in refs]
+    corpus = jiwer.wer([NORM(r) for r in refs.values()], [NORM(t) for t in texts])
+    assert corpus < 0.3, corpus
+    for key, ref in refs.items():
+        doc = json.loads((out / f"{key}.json").read_text())
+        assert doc["language"] == "en" and len(doc["model"]["sha256"]) == 64
+        assert doc["software"]["ctranslate2"] and doc["options"]["decode"]["beam_size"] == 5
+        assert _wer(ref, doc["text"]) < 0.5, (key, doc["text"])  # tiny.en on espeak-ng
+        segs = doc["segments"]
+        assert segs and all(0 <= s["start"] < s["end"] <= doc["duration"] + 0.05 for s in segs)
+        assert all(a["start"] <= b["start"] for a, b in zip(segs, segs[1:]))
+        words = [w for s in segs for w in s["words"]]
+        assert len(words) >= len(NORM(ref).split()) * 0.7
+        assert all(
+            s["start"] - 0.05 <= w["start"] <= w["end"] <= s["end"] + 0.05
+            for s in segs
+            for w in s["words"]
+        )
+
+        cues = list(webvtt.read(str(out / f"{key}.vtt")))
+        assert len(cues) == len(segs)
+        assert abs(_seconds(cues[0].start) - segs[0]["start"]) < 0.002
+        assert abs(_seconds(cues[-1].end) - segs[-1]["end"]) < 0.002
+        subs = list(srt.parse((out / f"{key}.srt").read_text()))
+        assert [s.index for s in subs] == list(range(1, len(segs) + 1))
+        tei = etree.parse(str(out / f"{key}.tei.xml"))
+        ns = {"t": "http://www.tei-c.org/ns/1.0"}
+        assert len(tei.findall(".//t:u", ns)) == len(segs)
+        assert len(tei.findall(".//t:w", ns)) == len(words)
+        txt = (out / f"{key}.txt").read_text()
+        assert NORM(txt) == NORM(doc["text"])
+
+
+def test_silence_gives_an_empty_transcript(transcribed):
+    out, _ = transcribed
+    doc = json.loads((out / "silence.json").read_text())
+    assert doc["segments"] == [] and doc["text"] == "" and abs(doc["duration"] - 20) < 0.05
+    assert (out / "silence.txt").read_text().strip() == ""
+
+
+def test_bad_files_fail_with_their_reason_and_the_batch_goes_on(transcribed):
+    out, result = transcribed
+    db = sqlite3.connect(out / DB_NAME)
+    rows = dict(db.execute("SELECT key, status FROM jobs").fetchall())
+    assert rows == {
+        **{_key(r): "done" for r in ENGLISH},
+        "silence": "done",
+        "radio/broken": "failed",
+        "empty": "failed",
+    }
+    errors = dict(db.execute("SELECT key, error FROM jobs WHERE status='failed'").fetchall())
+    assert "empty file" in errors["empty"] and errors["radio/broken"]
+    assert not (out / "radio" / "broken.json").exists()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_rerun_skips_done_and_retries_failed_only_when_asked(holdings, transcribed, tmp_path):
+    root, _ = holdings
+    out = tmp_path / "out"
+    shutil.copytree(transcribed[0], out)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
+    r = transcribe([root], out, _opts())
+    assert (r.done, r.failed, r.skipped_done, r.skipped_failed) == (0, 0, 5, 2)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == mtimes
+    fixed = tmp_path / "holdings"
+    shutil.copytree(root, fixed)
+    shutil.copy(root / ENGLISH[0], fixed / "radio" / "broken.mp3")  # a repaired transfer
+    db = sqlite3.connect(out / DB_NAME)
+    db.execute("UPDATE jobs SET path = replace(path, ?, ?)", (str(root), str(fixed)))
+    db.commit()
+    r = transcribe([fixed], out, _opts(retry_failed=True))
+    assert (r.done, r.failed, r.skipped_done) == (1, 1, 5)
+    assert json.loads((out / "radio" / "broken.json").read_text())["text"]
+
+
+def test_cli_exit_codes_and_summary(holdings, tmp_path):
+    root, _ = holdings
+    asr = str(Path(sys.executable).parent / "asr")
+    good = tmp_path / "good"
+    good.mkdir()
+    shutil.copy(root / ENGLISH[0], good / "a.wav")
+    r = subprocess.run(
+        [asr, "transcribe", str(good), "--out", str(tmp_path / "o1"), "--formats", "txt"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "1 done, 0 failed" in r.stderr and (tmp_path / "o1" / "a.txt").is_file()
+    assert not (tmp_path / "o1" / "a.json").exists()
+    shutil.copy(root / "radio" / "broken.mp3", good / "b.mp3")
+    r = subprocess.run(
+        [asr, "transcribe", str(good), "--out", str(tmp_path / "o1"), "--formats", "txt"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "b.mp3" in r.stderr and "1 skipped (done before)" in r.stderr
+    r = subprocess.run(
+        [asr, "transcribe", str(good), "--out", str(tmp_path / "o2"), "--formats", "doc"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and "doc" in r.stderr
+
+
+def test_killed_run_resumes_and_writes_nothing_twice(realspeech, tmp_path):
+    """SIGKILL once some recordings are done; the re-run does the rest and only the rest."""
+    src = tmp_path / "in"
+    src.mkdir()
+    with open(realspeech / "catalogue.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["path"].startswith("ljspeech_coqui/")][:10]
+    for r in rows:
+        shutil.copy(realspeech / r["path"], src)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "asr", "transcribe", str(src), "--out", str(out)]
+    cmd += ["--language", "en", "--batch-size", "1", "--no-pack", "--beam-size", "1", "-q"]
+    proc = subprocess.Popen(cmd)
+    deadline = time.monotonic() + 120
+    done_before: dict[str, int] = {}
+    while time.monotonic() < deadline and proc.poll() is None:
+        done_before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
+        if len(done_before) >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= len(done_before) < 10, "the kill came too late to test a resume"
+    assert subprocess.run(cmd).returncode == 0
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
+    assert len(after) == 10
+    assert all(after[n] == t for n, t in done_before.items()), "a finished transcript was rewritten"
+    db = sqlite3.connect(out / DB_NAME)
+    assert db.execute("SELECT COUNT(*) FROM jobs WHERE status='done'").fetchone()[0] == 10
+
+
+def test_packed_short_files_decode_as_well_as_one_by_one(realspeech, tmp_path):
+    with open(realspeech / "catalogue.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["path"].startswith(("ljspeech", "mfa_tests/"))]
+    rows = [r for r in rows if r["language"] == "en"][:16]
+    files = [str(realspeech / r["path"]) for r in rows]
+    wers = {}
+    for pack in (True, False):
+        out = tmp_path / f"pack{pack}"
+        r = transcribe(files, out, _opts(pack=pack, formats=("json",)))
+        assert r.done == len(files)
+        hyps = [json.loads((out / f"{_key(Path(p).name)}.json").read_text())["text"] for p in files]
+        refs = [NORM(r["transcript"]) for r in rows]
+        wers[pack] = jiwer.wer(refs, [NORM(h) for h in hyps])
+    assert wers[True] < 0.15 and wers[True] <= wers[False] + 0.03, wers
+
+
+def test_long_recording_is_transcribed_end_to_end(realspeech, tmp_path):
+    """Six minutes of joined utterances: chunks stitched back in order, over the whole length."""
+    with open(realspeech / "catalogue.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["path"].startswith("ljspeech")]
+    clips, text = [], []
+    while sum(c.size for c in clips) < 16000 * 360:
+        for r in rows:
+            clips += [load(realspeech / r["path"]), np.zeros(8000, np.float32)]
+            text.append(r["transcript"])
+    audio = np.concatenate(clips)
+    sf.write(tmp_path / "long.flac", audio, 16000)
+    r = transcribe([tmp_path / "long.flac"], tmp_path / "out", _opts(formats=("json",)))
+    doc = json.loads((tmp_path / "out" / "long.json").read_text())
+    assert r.done == 1 and abs(doc["duration"] - audio.size / 16000) < 0.05
+    segs = doc["segments"]
+    assert segs[-1]["end"] > doc["duration"] - 15 and segs[0]["start"] < 5
+    assert all(a["start"] <= b["start"] for a, b in zip(segs, segs[1:]))
+    assert _wer(" ".join(text), doc["text"]) < 0.2
+
+
+def test_guards_and_output_names():
+    assert has_loop([5, 6, 7] * 5) and has_loop([9] * 9) and not has_loop(list(range(40)))
+    assert compression_ratio("la " * 200) > 2.4 > compression_ratio("A plain sentence, once.")
+    assert _key("../../etc/passwd") == "etc/passwd" and _key("/abs/a b.mp3") == "abs/a_b"
+    assert _key("sa-0001") == "sa-0001" and _key("radio/x.y.wav") == "radio/x.y"
+
+
+def test_inputs_from_a_recordings_manifest(sample_manifests):
+    jobs = collect_jobs([sample_manifests / "recordings.jsonl"])
+    assert len(jobs) == 20 and jobs[0].key == "sa-0001" and jobs[0].language == "en"
+    assert jobs[0].metadata["collection"] == "oral_history" and jobs[0].metadata["shelfmark"]
