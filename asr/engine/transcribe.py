@@ -17,7 +17,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,6 +76,17 @@ class Job:
     recording_id: str
     language: str | None = None
     metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class Finished:
+    """One recording's outcome: error is None when its outputs are written."""
+
+    key: str
+    error: str | None = None
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    language: str | None = None
 
 
 @dataclass
@@ -278,11 +289,8 @@ class Transcriber:
                 log.warning("%s: language '%s' unknown to the model, detecting it", job.key, lang)
         return None
 
-    def outputs(self, job: Job) -> list[Path]:
-        return [self.out_dir / (job.key + EXTENSIONS[f]) for f in self.opts.formats]
-
-    def run(self, jobs: list[Job], db: JobDB) -> Iterator[tuple[str, str | None, float]]:
-        """Transcribe jobs; yield (key, error or None, audio seconds) as each one finishes."""
+    def run(self, jobs: list[Job]) -> Iterator[Finished]:
+        """Transcribe jobs; yield each one's outcome as it finishes (outputs already written)."""
         opts = self.opts
         by_key = {j.key: j for j in jobs}
         tasks: queue.Queue = queue.Queue()
@@ -313,7 +321,7 @@ class Transcriber:
                             raise RuntimeError("the decoding workers died") from None
                 if msg is None:
                     # nothing new: run what is waiting, partial batches included
-                    yield from self._run_batches(chunks, pending, db, flush=True)
+                    yield from self._run_batches(chunks, pending, flush=True)
                     continue
                 kind, key = msg[0], (msg[1] if len(msg) > 1 else None)
                 if kind == "exit":
@@ -321,14 +329,13 @@ class Transcriber:
                     continue
                 if kind == "fail":
                     pending.pop(key, None)
-                    yield key, msg[2], 0.0
+                    yield Finished(key, msg[2])
                     continue
                 pend = pending.get(key)
                 if pend is None and kind != "start":
                     continue  # a recording that failed while its chunks were on the way
                 if kind == "start":
                     job = by_key[key]
-                    db.start(key, self.outputs(job))
                     pend = pending[key] = _Pending(job, time.perf_counter(), n_chunks=msg[2])
                     pend.language = self._language(job)
                 elif kind == "chunk":
@@ -340,15 +347,15 @@ class Transcriber:
                     chunks.setdefault(pend.language, []).append(((key, idx), start, audio))
                 elif kind == "end":
                     pend.duration = msg[2]
-                yield from self._finish_ready(pending, db)
-                yield from self._run_batches(chunks, pending, db, flush=False)
-            yield from self._finish_ready(pending, db)
+                yield from self._finish_ready(pending)
+                yield from self._run_batches(chunks, pending, flush=False)
+            yield from self._finish_ready(pending)
         finally:
             stop.set()
             for p in procs:
                 p.join(timeout=10)
 
-    def _run_batches(self, chunks, pending, db, flush: bool):
+    def _run_batches(self, chunks, pending, flush: bool) -> Iterator[Finished]:
         """Pack waiting chunks into windows and decode full batches (all of them if flush)."""
         opts = self.opts
         for lang in list(chunks):
@@ -369,7 +376,7 @@ class Transcriber:
                     for k in taken:
                         if k[0] in pending:
                             pending.pop(k[0])
-                            yield k[0], f"decoding failed ({type(e).__name__}: {e})", 0.0
+                            yield Finished(k[0], f"decoding failed ({type(e).__name__}: {e})")
                     continue
                 audio_of = {k: a for k, _, a in batch_items}
                 for window, window_results in zip(batch, results):
@@ -382,7 +389,7 @@ class Transcriber:
                             self.repacked += 1
                         elif rkey in pending:
                             pending[rkey].results[idx] = (starts[pr.key], pr)
-                yield from self._finish_ready(pending, db)
+                yield from self._finish_ready(pending)
             if not items:
                 del chunks[lang]
 
@@ -403,17 +410,17 @@ class Transcriber:
             target.add(key, audio[: int((WINDOW_S - 0.5) * SAMPLE_RATE)], opts.pack_gap)
         return windows
 
-    def _finish_ready(self, pending: dict[str, _Pending], db: JobDB):
+    def _finish_ready(self, pending: dict[str, _Pending]) -> Iterator[Finished]:
         for key in [k for k, p in pending.items() if p.complete()]:
             pend = pending.pop(key)
             try:
                 transcript = self._transcript(pend)
                 write_outputs(transcript, self.out_dir / key, self.opts.formats)
             except OSError as e:
-                yield key, f"writing outputs failed ({e})", 0.0
+                yield Finished(key, f"writing outputs failed ({e})")
                 continue
-            db.done(key, pend.duration, time.perf_counter() - pend.started, pend.language)
-            yield key, None, pend.duration
+            wall = time.perf_counter() - pend.started
+            yield Finished(key, None, pend.duration or 0.0, wall, pend.language)
 
     def _transcript(self, pend: _Pending) -> Transcript:
         segments: list[TranscriptSegment] = []
@@ -484,8 +491,26 @@ def transcribe(
     out_dir: str | os.PathLike,
     options: TranscribeOptions | None = None,
 ) -> TranscribeResult:
-    """Transcribe every recording of inputs into out_dir; see the module docstring."""
+    """Transcribe every recording of inputs into out_dir, here; see the module docstring."""
     opts = options or TranscribeOptions()
+
+    def local(todo: list[Job]) -> Iterator[Finished]:
+        yield from Transcriber(Path(out_dir), opts).run(todo)
+
+    return run_jobs(inputs, out_dir, opts, local)
+
+
+def run_jobs(
+    inputs: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    opts: TranscribeOptions,
+    runner: Callable[[list[Job]], Iterator[Finished]],
+) -> TranscribeResult:
+    """The job-database side of a run, whatever runs the jobs (here, or on a Ray cluster).
+
+    Every job to do is marked running, with its outputs, before any is transcribed: a job
+    whose outputs all exist after a kill is then done, and is not transcribed again.
+    """
     bad = [f for f in opts.formats if f not in EXTENSIONS]
     if bad:
         raise ValueError(f"unknown output format(s) {bad}; choose from {sorted(EXTENSIONS)}")
@@ -498,25 +523,28 @@ def transcribe(
         plan = db.plan([j.key for j in jobs], opts.retry_failed)
         result.skipped_done, result.skipped_failed = plan.done, plan.failed
         result.recovered = plan.recovered
-        todo = [j for j in jobs if j.key in set(plan.todo)]
+        wanted = set(plan.todo)
+        todo = [j for j in jobs if j.key in wanted]
+        for job in todo:
+            db.start(job.key, [out_dir / (job.key + EXTENSIONS[f]) for f in opts.formats])
         run_id = db.begin_run(_options_dict(opts))
         t0 = time.perf_counter()
         if todo:
-            transcriber = Transcriber(out_dir, opts)
             bar = tqdm(
                 total=len(todo),
                 unit="rec",
                 desc="transcribe",
                 disable=None if opts.progress is None else not opts.progress,
             )
-            for key, error, seconds in transcriber.run(todo, db):
-                if error is None:
+            for fin in runner(todo):
+                if fin.error is None:
+                    db.done(fin.key, fin.audio_seconds, fin.wall_seconds, fin.language)
                     result.done += 1
-                    result.audio_seconds += seconds
+                    result.audio_seconds += fin.audio_seconds
                 else:
-                    db.fail(key, error)
+                    db.fail(fin.key, fin.error)
                     result.failed += 1
-                    log.warning("failed: %s: %s", key, error)
+                    log.warning("failed: %s: %s", fin.key, fin.error)
                 elapsed = time.perf_counter() - t0
                 bar.update(1)
                 bar.set_postfix_str(
