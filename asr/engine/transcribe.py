@@ -266,6 +266,7 @@ class Transcriber:
                 f"{self.model.path}: {self.model.kind} (CTC) models are not supported by "
                 "`asr transcribe` yet; use a Whisper model"
             )
+        SileroVad(opts.vad.vad_model)  # a missing VAD model fails here, not in a worker
         self._solo = set()  # chunks to decode alone: they were skipped in a packed window
         self.repacked = 0
         self.engine = WhisperEngine(
@@ -396,7 +397,8 @@ class Transcriber:
     def _pack(self, items, lang: str) -> list[Window]:
         """First-fit decreasing: long chunks fill windows alone, short ones share them."""
         opts = self.opts
-        limit = opts.pack_seconds if opts.pack else 0.0
+        # packed windows are split back by word times: no words, no packing
+        limit = opts.pack_seconds if opts.pack and opts.decode.word_timestamps else 0.0
         windows: list[Window] = []
         for key, _, audio in sorted(items, key=lambda it: -it[2].size):
             d = audio.size / SAMPLE_RATE

@@ -223,9 +223,9 @@ class WhisperEngine:
                 else dict(sampling_topk=0, sampling_temperature=temperature, beam_size=1)
             )
             # ctranslate2 wants one prompt shape per call: windows of one chunk decode without
-            # timestamp tokens (segments come from the words: fewer tokens, no drifting
-            # timestamps over a long chunk); packed windows need them to split their chunks
-            plain = [opts.word_timestamps and len(windows[i].parts) == 1 for i in todo]
+            # timestamp tokens (segments come from the words, or are the whole chunk: fewer
+            # tokens, no drifting timestamps); packed windows need them to split their chunks
+            plain = [len(windows[i].parts) == 1 for i in todo]
             for flag in (True, False):
                 group = [j for j, p in enumerate(plain) if p == flag]
                 if not group:
