@@ -103,7 +103,14 @@ class SileroVad:
 
     def probabilities(self, blocks: Iterable[np.ndarray]) -> np.ndarray:
         """Speech probability of each 512-sample window of the concatenated blocks."""
-        out: list[np.ndarray] = []
+        probs = [p for _, p in self.iter_probabilities(blocks)]
+        return np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
+
+    def iter_probabilities(
+        self, blocks: Iterable[np.ndarray]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(audio, probabilities) block by block: audio is a whole number of windows (the last
+        one zero-padded), with one probability per window; the model's state runs on."""
         carry = np.zeros(0, dtype=np.float32)
         context = np.zeros(CONTEXT, dtype=np.float32)
         state: dict[str, np.ndarray] = {}
@@ -121,8 +128,7 @@ class SileroVad:
             windows = block.astype(np.float32, copy=False).reshape(-1, WINDOW)
             ctx = np.concatenate([context[None], windows[:-1, -CONTEXT:]])
             context = windows[-1, -CONTEXT:].copy()
-            out.append(self._run(np.concatenate([ctx, windows], axis=1), state))
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+            yield block, self._run(np.concatenate([ctx, windows], axis=1), state)
 
     def _run(self, x: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
         if "h" in self.inputs:
@@ -224,6 +230,59 @@ def plan_segments(
         if hi - lo >= opts.min_duration:
             segments.append((round(lo, 3), round(hi, 3)))
     return segments
+
+
+def stream_chunks(
+    blocks: Iterable[np.ndarray], vad: SileroVad, opts: SegmentOptions, horizon: float = 90.0
+) -> Iterator[tuple[float, float, np.ndarray]]:
+    """Speech chunks (start s, end s, audio) of a stream, planned as `plan_segments` plans them
+    but while the stream goes on: one pass over the audio, and only about `horizon` seconds of
+    it in memory, whatever the recording's length.
+
+    Every `horizon` seconds the buffered stretch is planned; all its segments but the last (which
+    the audio still to come may extend) are emitted, and the buffer restarts where that last
+    one's speech starts.
+    """
+    buf: list[np.ndarray] = []  # audio from buf_start on
+    probs: list[np.ndarray] = []
+    buf_start = 0  # in samples, a multiple of WINDOW
+    emitted_end = 0.0
+
+    def plan(final: bool) -> Iterator[tuple[float, float, np.ndarray]]:
+        nonlocal buf, probs, buf_start, emitted_end
+        audio = np.concatenate(buf) if buf else np.zeros(0, np.float32)
+        p = np.concatenate(probs) if probs else np.zeros(0, np.float32)
+        offset = buf_start / SAMPLE_RATE
+        regions = speech_regions(p, opts)
+        spans = plan_segments(regions, p, audio.size / SAMPLE_RATE, opts)
+        keep = spans if final else spans[:-1]
+        for lo, hi in keep:
+            lo = max(lo + offset, emitted_end)
+            hi = hi + offset
+            a = audio[
+                int(round((lo - offset) * SAMPLE_RATE)) : int(round((hi - offset) * SAMPLE_RATE))
+            ]
+            if hi - lo >= opts.min_duration:
+                yield round(lo, 3), round(hi, 3), a
+            emitted_end = hi
+        if final:
+            return
+        if spans:  # restart at the last segment's first speech, less the padding
+            first = next(r for r in regions if r[1] * FRAME_S + opts.pad > spans[-1][0])
+            cut = max(0, int((first[0] * FRAME_S - opts.pad) * SAMPLE_RATE) // WINDOW * WINDOW)
+        else:  # no speech: keep only the last second, in case speech starts there
+            cut = max(0, (audio.size - SAMPLE_RATE) // WINDOW * WINDOW)
+        buf, probs = [audio[cut:]], [p[cut // WINDOW :]]
+        buf_start += cut
+
+    n = 0
+    for block, p in vad.iter_probabilities(blocks):
+        buf.append(block)
+        probs.append(p)
+        n += block.size
+        if n - buf_start >= horizon * SAMPLE_RATE:
+            yield from plan(final=False)
+    yield from plan(final=True)
 
 
 @dataclass

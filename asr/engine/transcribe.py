@@ -25,13 +25,13 @@ import numpy as np
 from tqdm import tqdm
 
 from asr import __version__
-from asr.audio import MEDIA_EXTENSIONS, SAMPLE_RATE, AudioError, SpanCutter, stream
+from asr.audio import MEDIA_EXTENSIONS, SAMPLE_RATE, AudioError, stream
 from asr.engine.jobs import DB_NAME, JobDB
 from asr.engine.models import ModelInfo, resolve_model
 from asr.engine.whisper import WINDOW_S, DecodeOptions, PartResult, WhisperEngine, Window
 from asr.manifest import read_recordings
 from asr.outputs import EXTENSIONS, Transcript, TranscriptSegment, Word, write_outputs
-from asr.vad import SegmentOptions, SileroVad, plan_segments, speech_regions
+from asr.vad import SegmentOptions, SileroVad, stream_chunks
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,13 @@ def _key(name: str) -> str:
 # threads decode in parallel with the model without the start-up and copying of processes)
 
 
+def _counted(blocks: Iterator[np.ndarray], samples: list[int]) -> Iterator[np.ndarray]:
+    """The blocks, adding up their samples in samples[0] (the recording's exact length)."""
+    for block in blocks:
+        samples[0] += block.size
+        yield block
+
+
 class _Stopped(Exception):
     """The consumer has gone: a producer stops where it is."""
 
@@ -195,38 +202,19 @@ def _producer(
             return
         key, path = task
         try:
-            probs = vad.probabilities(stream(path))
-            duration = probs.size * 512 / SAMPLE_RATE
-            spans = plan_segments(speech_regions(probs, vad_opts), probs, duration, vad_opts)
-            if spans:
-                # the exact duration comes from the second pass
-                cutter = SpanCutter(spans)
-                n_samples = 0
-                out.put(("start", key, len(spans)))
-                for block in _blocks(path):
-                    if block is not None:
-                        n_samples += block.size
-                    for idx, audio in cutter.feed(block):
-                        out.put(("chunk", key, idx, spans[idx][0], audio))
-                out.put(("end", key, n_samples / SAMPLE_RATE))
-            else:
-                out.put(("start", key, 0))
-                out.put(("end", key, _duration(path)))
+            samples = [0]
+            out.put(("start", key))
+            n_chunks = 0
+            for start, _, audio in stream_chunks(_counted(stream(path), samples), vad, vad_opts):
+                out.put(("chunk", key, n_chunks, start, audio))
+                n_chunks += 1
+            out.put(("end", key, n_chunks, samples[0] / SAMPLE_RATE))
         except _Stopped:
             return
         except AudioError as e:
             out.put(("fail", key, e.reason))
         except Exception as e:  # one bad file never stops the batch
             out.put(("fail", key, f"{type(e).__name__}: {e}"))
-
-
-def _blocks(path: str) -> Iterator[np.ndarray | None]:
-    yield from stream(path)
-    yield None
-
-
-def _duration(path: str) -> float:
-    return sum(b.size for b in stream(path)) / SAMPLE_RATE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +325,7 @@ class Transcriber:
                     continue  # a recording that failed while its chunks were on the way
                 if kind == "start":
                     job = by_key[key]
-                    pend = pending[key] = _Pending(job, time.perf_counter(), n_chunks=msg[2])
+                    pend = pending[key] = _Pending(job, time.perf_counter())
                     pend.language = self._language(job)
                 elif kind == "chunk":
                     _, _, idx, start, audio = msg
@@ -347,7 +335,7 @@ class Transcriber:
                         )
                     chunks.setdefault(pend.language, []).append(((key, idx), start, audio))
                 elif kind == "end":
-                    pend.duration = msg[2]
+                    pend.n_chunks, pend.duration = msg[2], msg[3]
                 yield from self._finish_ready(pending)
                 yield from self._run_batches(chunks, pending, flush=False)
             yield from self._finish_ready(pending)
