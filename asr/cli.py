@@ -131,6 +131,53 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser(
+        "align",
+        help="align untimed transcripts to their recordings",
+        description="For every recording with a transcript (catalogue text or transcript "
+        "file): transcribe it with Whisper (word timestamps), align the transcript's words to "
+        "the recognised ones, and keep segments of at most --max-duration seconds whose text "
+        "and audio agree. Writes Segment records (text_source=aligned) for `asr shard`, and "
+        "OUT's .report.json with what was dropped and why. Resumable per recording.",
+        epilog=EPILOG,
+        formatter_class=_Help,
+    )
+    p.add_argument("recordings", type=Path, help="recordings manifest from `asr ingest`")
+    p.add_argument("--out", type=Path, required=True, help="segments manifest to write")
+    p.add_argument(
+        "--model",
+        help="Whisper model for anchoring (default: the offline multilingual base when "
+        "installed, else tiny.en); a CTranslate2 folder or a hub id",
+    )
+    p.add_argument("--max-duration", type=float, default=30.0, help="longest segment, seconds")
+    p.add_argument("--min-duration", type=float, default=1.0, help="shortest segment, seconds")
+    p.add_argument(
+        "--max-cer",
+        type=float,
+        default=0.25,
+        help="drop a segment whose text and what was heard in its span differ more (CER)",
+    )
+    p.add_argument(
+        "--min-match",
+        type=float,
+        default=0.6,
+        help="a sentence is anchored when at least this share of its words match exactly",
+    )
+    p.add_argument(
+        "--pad", type=float, default=0.05, help="silence kept around each segment, seconds"
+    )
+    p.add_argument(
+        "--rules",
+        type=Path,
+        help="YAML of text that is not spoken (speaker labels, headings, annotations); "
+        "default: asr/data/align_rules.yaml",
+    )
+    p.add_argument("--beam-size", type=int, default=5, help="beam search width")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
+    p.add_argument("--compute-type", help="CTranslate2 compute type (default: int8 / float16)")
+    p.add_argument("--strict", action="store_true", help="exit 2 if any recording failed")
+    _common(p)
+
+    p = sub.add_parser(
         "shard",
         help="write training segments to webdataset tar shards",
         description="Write segments whose rights allow training to webdataset shards "
@@ -330,6 +377,38 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return _report_errors(r.errors, args.strict)
 
 
+def cmd_align(args: argparse.Namespace) -> int:
+    from asr.align import AlignOptions, align
+
+    opts = AlignOptions(
+        model=args.model,
+        max_duration=args.max_duration,
+        min_duration=args.min_duration,
+        max_cer=args.max_cer,
+        min_match=args.min_match,
+        pad=args.pad,
+        rules=args.rules,
+        beam_size=args.beam_size,
+        device=args.device,
+        compute_type=args.compute_type,
+        progress=_progress(args),
+    )
+    r = align(args.recordings, args.out, opts)
+    log.info(
+        "align: %d recordings -> %d segments (%.2f h), word yield %.1f%%, %d stretches dropped, "
+        "%d recordings failed -> %s (report: %s)",
+        r.recordings,
+        r.segments,
+        r.kept_seconds / 3600,
+        100 * r.word_yield,
+        r.dropped,
+        len(r.errors),
+        r.manifest,
+        r.report,
+    )
+    return _report_errors(r.errors, args.strict)
+
+
 def cmd_shard(args: argparse.Namespace) -> int:
     from asr.shards import ShardOptions, shard
 
@@ -439,6 +518,7 @@ def _pair(text: str) -> tuple[str, str]:
 COMMANDS = {
     "ingest": cmd_ingest,
     "segment": cmd_segment,
+    "align": cmd_align,
     "shard": cmd_shard,
     "transcribe": cmd_transcribe,
     "manifest": cmd_manifest,

@@ -76,6 +76,7 @@ class Segment:
     start: float
     end: float
     text: str = ""
+    text_normalized: str | None = None
     text_source: str | None = None
     language: str | None = None
     speaker: str | None = None

@@ -351,6 +351,8 @@ def read_shards(urls: str | list[str], shuffle: int = 0, **kwargs) -> wds.WebDat
     urls: shard paths or a brace pattern; shuffle: sample shuffle buffer (0: file order);
     other keyword arguments go to `webdataset.WebDataset` (e.g. nodesplitter, resampled).
     """
+    if not urls:
+        raise ValueError("no shards to read (an empty split?)")
     kwargs.setdefault("shardshuffle", False)
     kwargs.setdefault("empty_check", False)
     ds = wds.WebDataset(urls, **kwargs)

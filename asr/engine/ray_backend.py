@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from asr.engine.transcribe import (
@@ -39,7 +39,8 @@ class _Replica:
         self.transcriber = Transcriber(Path(out_dir), opts)
 
     def run(self, jobs: list[dict]) -> list[dict]:
-        return [asdict(f) for f in self.transcriber.run([Job(**j) for j in jobs])]
+        jobs_ = [Job(**j) for j in jobs]
+        return [asdict(replace(f, transcript=None)) for f in self.transcriber.run(jobs_)]
 
 
 def replica_count(opts: TranscribeOptions, resources: dict) -> tuple[int, dict]:

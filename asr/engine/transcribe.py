@@ -87,6 +87,7 @@ class Finished:
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     language: str | None = None
+    transcript: Transcript | None = None
 
 
 @dataclass
@@ -410,7 +411,7 @@ class Transcriber:
                 yield Finished(key, f"writing outputs failed ({e})")
                 continue
             wall = time.perf_counter() - pend.started
-            yield Finished(key, None, pend.duration or 0.0, wall, pend.language)
+            yield Finished(key, None, pend.duration or 0.0, wall, pend.language, transcript)
 
     def _transcript(self, pend: _Pending) -> Transcript:
         segments: list[TranscriptSegment] = []

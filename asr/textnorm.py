@@ -1,0 +1,152 @@
+"""Reversible text normalisation for alignment: normalised words that point back to the original.
+
+Archive transcripts are rarely verbatim: speaker labels, headings and stage directions are
+added, numbers are written as digits, casing and punctuation vary. Alignment compares
+normalised words (lower case, no punctuation, numbers spelled out per language with num2words),
+but a segment must carry the original orthography. So every normalised word keeps the index of
+the original token it came from, and every token its character span in the original text.
+
+Removal rules (speaker labels, headings, annotations) are regular expressions in a YAML file;
+the default is asr/data/align_rules.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+TOKEN_RE = re.compile(r"\d+(?:[.,:]\d+)*(?:st|nd|rd|th)?|\w+(?:['’]\w+)*", re.UNICODE)
+SENTENCE_END_RE = re.compile(r"[.!?…。！？]+[\"'”’)\]]*\s|\n\s*\n|\n")
+
+
+@dataclass
+class Token:
+    """A word of the original text and its character span there."""
+
+    text: str
+    start: int
+    end: int
+    sentence: int
+
+
+@dataclass
+class NormText:
+    """The original text, its tokens, and the normalised words with the token each came from."""
+
+    original: str
+    tokens: list[Token] = field(default_factory=list)
+    words: list[str] = field(default_factory=list)
+    word_token: list[int] = field(default_factory=list)
+    removed: list[tuple[int, int]] = field(default_factory=list)
+
+    def original_span(self, first_word: int, last_word: int) -> str:
+        """The original text from the token of first_word to that of last_word, with the
+        punctuation that closes it (a full stop, a closing quote)."""
+        a = self.tokens[self.word_token[first_word]]
+        b = self.tokens[self.word_token[last_word]]
+        end = b.end
+        while end < len(self.original) and self.original[end] in ".,;:!?…\"'”’)]»":
+            end += 1
+        start = a.start
+        while start > 0 and self.original[start - 1] in "\"'“‘([«¿¡":
+            start -= 1
+        text = self.original[start:end]
+        for lo, hi in sorted(self.removed, reverse=True):  # never the speaker labels and such
+            if lo < end and start < hi:
+                a_, b_ = max(lo, start) - start, min(hi, end) - start
+                text = text[:a_] + " " + text[b_:]
+        return " ".join(text.split())
+
+
+@dataclass
+class Rules:
+    """Patterns whose matches are not part of the spoken text."""
+
+    remove: list[tuple[str, re.Pattern]]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> Rules:
+        if path is None:
+            text = resources.files("asr").joinpath("data/align_rules.yaml").read_text("utf-8")
+            source = "default"
+        else:
+            text, source = Path(path).read_text(encoding="utf-8"), str(path)
+        try:
+            doc = yaml.safe_load(text) or {}
+            remove = [
+                (str(r.get("name") or r["pattern"]), re.compile(str(r["pattern"])))
+                for r in doc.get("remove", [])
+            ]
+        except (yaml.YAMLError, KeyError, TypeError, AttributeError, re.error) as e:
+            raise ValueError(f"{source}: not valid alignment rules ({e})") from None
+        return cls(remove=remove)
+
+    def removed_spans(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for _, pat in self.remove for m in pat.finditer(text)]
+
+
+def normalise_word(word: str, language: str | None) -> list[str]:
+    """A token as the normalised words it is spoken as (a number can be several)."""
+    word = unicodedata.normalize("NFKC", word).replace("’", "'").lower()
+    if word[:1].isdigit():
+        spoken = _number_words(word, language)
+        if spoken:
+            return spoken
+    return [w for w in re.split(r"[^\w']+", word) if w.strip("'")]
+
+
+def _number_words(token: str, language: str | None) -> list[str]:
+    """Digits spelled out by num2words: years as years, ordinals as ordinals, in the language."""
+    from num2words import num2words
+
+    lang = (language or "en").split("-")[0]
+    m = re.fullmatch(r"(\d+)(st|nd|rd|th)?", token)
+    try:
+        if m and m.group(2):
+            text = num2words(int(m.group(1)), lang=lang, to="ordinal")
+        elif m and len(token) == 4 and 1100 <= int(token) < 2100:
+            text = num2words(int(token), lang=lang, to="year")
+        elif m:
+            text = num2words(int(token), lang=lang)
+        else:  # 1,462 / 3.5 / 10:30
+            value = token.replace(",", "") if lang == "en" else token.replace(".", "")
+            value = value.replace(",", ".")
+            if ":" in value:
+                return [w for part in value.split(":") for w in _number_words(part, language)]
+            text = num2words(float(value) if "." in value else int(value), lang=lang)
+    except (NotImplementedError, ValueError, OverflowError, KeyError, TypeError):
+        return []
+    return [w for w in re.split(r"[^\w]+", text.lower()) if w]
+
+
+def normalise(text: str, language: str | None = None, rules: Rules | None = None) -> NormText:
+    """Tokens of text (outside removed spans) and their normalised words."""
+    removed = rules.removed_spans(text) if rules else []
+    out = NormText(original=text, removed=removed)
+    sentence_ends = [m.end() for m in SENTENCE_END_RE.finditer(text)]
+    sentence = 0
+    for m in TOKEN_RE.finditer(text):
+        start, end = m.span()
+        if any(a < end and start < b for a, b in removed):
+            continue
+        while sentence < len(sentence_ends) and sentence_ends[sentence] <= start:
+            sentence += 1
+        words = normalise_word(m.group(), language)
+        if not words:
+            continue
+        out.tokens.append(Token(m.group(), start, end, sentence))
+        for w in words:
+            out.words.append(w)
+            out.word_token.append(len(out.tokens) - 1)
+    return out
+
+
+def normalise_plain(text: str, language: str | None = None) -> str:
+    """Normalised words of a text, joined by spaces (for scoring)."""
+    return " ".join(normalise(text, language).words)
