@@ -28,6 +28,8 @@ from asr.audio import SAMPLE_RATE
 log = logging.getLogger(__name__)
 
 WINDOW_S = 30.0
+ALIGN_BATCH = 2
+ENCODE_BATCH = 2
 
 
 @dataclass
@@ -170,7 +172,7 @@ class WhisperEngine:
         if not windows:
             return []
         feats = np.stack([self.features(w.samples()) for w in windows])
-        encoder_output = self.fw.encode(feats)
+        encoder_output = self._encode(feats)
         outputs = self._generate_with_fallback(feats, encoder_output, windows, opts)
         results = []
         segment_lists = []
@@ -300,7 +302,14 @@ class WhisperEngine:
         for i, w in enumerate(windows):
             if segment_lists[i]:
                 by_lang.setdefault(w.language, []).append(i)
-        for lang, idx in by_lang.items():
+        # a few windows at a time: the alignment's cross-attention weights (layers x heads x
+        # tokens x frames per window) are what a whole batch would hold at once
+        groups = [
+            (lang, idx[k : k + ALIGN_BATCH])
+            for lang, idx in by_lang.items()
+            for k in range(0, len(idx), ALIGN_BATCH)
+        ]
+        for lang, idx in groups:
             tok = self.tokenizer(lang, opts.task)
             sub = self._select(feats, encoder_output, idx)
             frames = [
@@ -369,6 +378,17 @@ class WhisperEngine:
             )
             for k, p in enumerate(w.parts)
         ]
+
+    def _encode(self, feats: np.ndarray):
+        """The encoder over a batch; on the CPU a few windows at a time, since self-attention
+        holds batch x heads x 1500 x 1500 scores at once (0.4 GB for 8 windows of tiny)."""
+        if self.model.device != "cpu" or len(feats) <= ENCODE_BATCH:
+            return self.fw.encode(feats)
+        parts = [
+            np.asarray(self.fw.encode(feats[k : k + ENCODE_BATCH]))
+            for k in range(0, len(feats), ENCODE_BATCH)
+        ]
+        return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.concatenate(parts)))
 
     def _select(self, feats: np.ndarray, encoder_output, idx: list[int]):
         """The encoder outputs of windows idx: sliced on the CPU, encoded again on a GPU."""
