@@ -46,7 +46,8 @@ test: lint
 
 bench: setup
 	$(BIN)/python benchmarks/corpus_throughput.py
-	$(BIN)/python benchmarks/transcribe_speed.py
+	$(BIN)/python benchmarks/transcribe_speed.py --long-hours 3
+	$(BIN)/python benchmarks/align_accuracy.py
 
 clean:
 	rm -rf build .pytest_cache
