@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from asr.audio import stream
 from asr.engine.models import ModelNotFoundError, resolve_model
-from asr.engine.transcribe import Job, TranscribeOptions, Transcriber, _key
+from asr.engine.transcribe import Job, TranscribeOptions, Transcriber, output_key
 from asr.engine.whisper import DecodeOptions
 from asr.manifest import (
     ErrorRecord,
@@ -374,7 +374,7 @@ def align(recordings: Path, out: Path, options: AlignOptions | None = None) -> A
         )
         transcriber = Transcriber(out.parent, topts)
         vad = SileroVad()
-        by_key = {_key(r.id): r for r in todo}
+        by_key = {output_key(r.id): r for r in todo}
         jobs = [Job(k, r.path, r.id, r.language) for k, r in by_key.items()]
         bar = tqdm(
             total=sum(r.duration for r in todo) / 3600,

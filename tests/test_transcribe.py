@@ -24,7 +24,7 @@ from whisper_normalizer.english import EnglishTextNormalizer
 
 from asr.audio import load
 from asr.engine.jobs import DB_NAME
-from asr.engine.transcribe import TranscribeOptions, _key, collect_jobs, transcribe
+from asr.engine.transcribe import TranscribeOptions, collect_jobs, output_key, transcribe
 from asr.engine.whisper import compression_ratio, has_loop
 
 NORM = EnglishTextNormalizer()
@@ -63,7 +63,7 @@ def holdings(sample_archive, tmp_path_factory) -> tuple[Path, dict[str, str]]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src / rel, root / rel)
         row = cat[rel]
-        refs[_key(rel)] = row["text"] or (src / row["transcript"]).read_text(encoding="utf-8")
+        refs[output_key(rel)] = row["text"] or (src / row["transcript"]).read_text(encoding="utf-8")
     (root / "radio" / "broken.mp3").write_bytes((src / "radio" / "broken.mp3").read_bytes())
     (root / "empty.wav").write_bytes(b"")
     sf.write(root / "silence.wav", np.zeros(16000 * 20, np.float32), 16000)
@@ -126,7 +126,7 @@ def test_bad_files_fail_with_their_reason_and_the_batch_goes_on(transcribed):
     db = sqlite3.connect(out / DB_NAME)
     rows = dict(db.execute("SELECT key, status FROM jobs").fetchall())
     assert rows == {
-        **{_key(r): "done" for r in ENGLISH},
+        **{output_key(r): "done" for r in ENGLISH},
         "silence": "done",
         "radio/broken": "failed",
         "empty": "failed",
@@ -225,7 +225,8 @@ def test_packed_short_files_decode_as_well_as_one_by_one(realspeech, tmp_path):
         out = tmp_path / f"pack{pack}"
         r = transcribe(files, out, _opts(pack=pack, formats=("json",)))
         assert r.done == len(files)
-        hyps = [json.loads((out / f"{_key(Path(p).name)}.json").read_text())["text"] for p in files]
+        docs = [out / f"{output_key(Path(p).name)}.json" for p in files]
+        hyps = [json.loads(d.read_text())["text"] for d in docs]
         refs = [NORM(r["transcript"]) for r in rows]
         wers[pack] = jiwer.wer(refs, [NORM(h) for h in hyps])
     assert wers[True] < 0.15 and wers[True] <= wers[False] + 0.03, wers
@@ -254,8 +255,9 @@ def test_long_recording_is_transcribed_end_to_end(realspeech, tmp_path):
 def test_guards_and_output_names():
     assert has_loop([5, 6, 7] * 5) and has_loop([9] * 9) and not has_loop(list(range(40)))
     assert compression_ratio("la " * 200) > 2.4 > compression_ratio("A plain sentence, once.")
-    assert _key("../../etc/passwd") == "etc/passwd" and _key("/abs/a b.mp3") == "abs/a_b"
-    assert _key("sa-0001") == "sa-0001" and _key("radio/x.y.wav") == "radio/x.y"
+    assert output_key("../../etc/passwd") == "etc/passwd"
+    assert output_key("/abs/a b.mp3") == "abs/a_b"
+    assert output_key("sa-0001") == "sa-0001" and output_key("radio/x.y.wav") == "radio/x.y"
 
 
 def test_inputs_from_a_recordings_manifest(sample_manifests):

@@ -128,17 +128,17 @@ def collect_jobs(inputs: list[str | os.PathLike]) -> list[Job]:
                 }
                 meta["id"] = rec.id
                 meta.update(rec.metadata)
-                jobs.append(Job(_key(rec.id), rec.path, rec.id, rec.language, meta))
+                jobs.append(Job(output_key(rec.id), rec.path, rec.id, rec.language, meta))
         elif p.is_dir():
             for f in sorted(p.rglob("*")):
                 if f.is_file() and f.suffix.lower() in MEDIA_EXTENSIONS:
                     if any(part.startswith(".") for part in f.relative_to(p).parts):
                         continue
                     rel = f.relative_to(p).as_posix()
-                    key = _key(f"{p.name}/{rel}" if many else rel)
+                    key = output_key(f"{p.name}/{rel}" if many else rel)
                     jobs.append(Job(key, str(f.resolve()), rel))
         elif p.is_file():
-            jobs.append(Job(_key(p.name), str(p.resolve()), p.name))
+            jobs.append(Job(output_key(p.name), str(p.resolve()), p.name))
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
     seen: dict[str, int] = {}
@@ -150,7 +150,7 @@ def collect_jobs(inputs: list[str | os.PathLike]) -> list[Job]:
     return jobs
 
 
-def _key(name: str) -> str:
+def output_key(name: str) -> str:
     """A safe output path (relative, no '..') for a recording id or path, minus its extension."""
     parts = [re.sub(r"[^\w.\-]+", "_", x) for x in name.replace("\\", "/").split("/")]
     parts = [x for x in parts if x not in ("", ".", "..")] or ["recording"]
