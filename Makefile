@@ -30,6 +30,8 @@ demo: sample
 	$(BIN)/asr ingest --catalogue build/sample-archive/catalogue.csv --out $(DEMO)
 	$(BIN)/asr segment $(DEMO)/recordings.jsonl --out $(DEMO)/segments.jsonl
 	$(BIN)/asr shard $(DEMO)/segments.jsonl --out $(DEMO)/shards
+	$(BIN)/asr align $(DEMO)/recordings.jsonl --out $(DEMO)/aligned.jsonl
+	$(BIN)/asr shard $(DEMO)/aligned.jsonl --out $(DEMO)/aligned-shards
 	$(BIN)/asr transcribe $(DEMO)/recordings.jsonl --out $(DEMO)/transcripts
 	@echo "shards: $(DEMO)/shards/shards.json; transcripts: $(DEMO)/transcripts/"
 

@@ -55,6 +55,9 @@ class AlignOptions:
     min_duration: float = 1.0
     max_cer: float = 0.25
     min_match: float = 0.6
+    max_unheard: float = 1.0
+    """Drop a segment holding a longer stretch (s) of speech (VAD) in which no word was heard:
+    audio the model skipped, which the text may not cover."""
     snap: float = 0.3
     """How far (s) an edge may move onto a VAD speech onset or offset."""
     pad: float = 0.05
@@ -210,7 +213,7 @@ def align_recording(
         if cer > opts.max_cer:
             drop(c.first, c.last, f"text and audio disagree (CER {cer:.2f} > {opts.max_cer})")
             continue
-        if silent_text >= 0.6:
+        if silent_text > opts.max_unheard:
             drop(c.first, c.last, f"{silent_text:.1f} s of speech in its span with no words")
             continue
         if end - start < opts.min_duration:

@@ -92,13 +92,15 @@ class Rules:
 
 
 def normalise_word(word: str, language: str | None) -> list[str]:
-    """A token as the normalised words it is spoken as (a number can be several)."""
+    """A word (a transcript token, or a word as Whisper writes it: " 1462.") as the normalised
+    words it is spoken as; a number can be several."""
     word = unicodedata.normalize("NFKC", word).replace("’", "'").lower()
-    if word[:1].isdigit():
-        spoken = _number_words(word, language)
-        if spoken:
-            return spoken
-    return [w for w in re.split(r"[^\w']+", word) if w.strip("'")]
+    out: list[str] = []
+    for m in TOKEN_RE.finditer(word):
+        token = m.group()
+        spoken = _number_words(token, language) if token[:1].isdigit() else []
+        out.extend(spoken or [w for w in re.split(r"[^\w']+", token) if w.strip("'")])
+    return out
 
 
 def _number_words(token: str, language: str | None) -> list[str]:
