@@ -16,7 +16,7 @@ system-deps:  ## espeak-ng speaks the sample archive and the tests' speech
 $(BIN)/asr: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,dist]'
+	$(BIN)/pip install -q -e '.[test,dist,train]'
 	# the Silero VAD model as the silero-vad wheel ships it (its torch dependency is not needed)
 	$(BIN)/pip install -q --no-deps silero-vad
 	touch $@

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# tests never reach a model hub (there is no network here, nor in CI): fail at once, not after
+# retries; set before anything imports huggingface_hub, which reads it at import
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import shutil
 import subprocess
 from pathlib import Path
