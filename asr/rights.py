@@ -11,10 +11,8 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 
-import yaml
+from asr.config import load_yaml
 
 USES = ("train", "transcribe")
 
@@ -37,13 +35,9 @@ class RightsPolicy:
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> RightsPolicy:
         """Read a policy YAML file; None gives the documented default policy."""
-        if path is None:
-            text = resources.files("asr").joinpath("data/rights_policy.yaml").read_text("utf-8")
-            source = "default"
-        else:
-            text, source = Path(path).read_text(encoding="utf-8"), str(path)
+        doc, source = load_yaml(path, "rights_policy.yaml")
+        source = "default" if path is None else source
         try:
-            doc = yaml.safe_load(text) or {}
             rules = [
                 Rule(
                     name=str(r.get("name") or r["pattern"]),
@@ -53,7 +47,7 @@ class RightsPolicy:
                 for r in doc.get("rules", [])
             ]
             default = _check_uses(doc.get("default", ["transcribe"]), source)
-        except (yaml.YAMLError, KeyError, TypeError, AttributeError, re.error) as e:
+        except (KeyError, TypeError, AttributeError, re.error) as e:
             raise ValueError(f"{source}: not a valid rights policy ({e})") from None
         return cls(rules=rules, default=default, source=source)
 

@@ -16,10 +16,8 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 
-import yaml
+from asr.config import load_yaml
 
 TOKEN_RE = re.compile(r"\d+(?:[.,:]\d+)*(?:st|nd|rd|th)?|\w+(?:['’]\w+)*", re.UNICODE)
 SENTENCE_END_RE = re.compile(r"[.!?…。！？]+[\"'”’)\]]*\s|\n\s*\n|\n")
@@ -72,18 +70,13 @@ class Rules:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> Rules:
-        if path is None:
-            text = resources.files("asr").joinpath("data/align_rules.yaml").read_text("utf-8")
-            source = "default"
-        else:
-            text, source = Path(path).read_text(encoding="utf-8"), str(path)
+        doc, source = load_yaml(path, "align_rules.yaml")
         try:
-            doc = yaml.safe_load(text) or {}
             remove = [
                 (str(r.get("name") or r["pattern"]), re.compile(str(r["pattern"])))
                 for r in doc.get("remove", [])
             ]
-        except (yaml.YAMLError, KeyError, TypeError, AttributeError, re.error) as e:
+        except (KeyError, TypeError, AttributeError, re.error) as e:
             raise ValueError(f"{source}: not valid alignment rules ({e})") from None
         return cls(remove=remove)
 
