@@ -384,7 +384,13 @@ class Transcriber:
                 del chunks[lang]
 
     def _pack(self, items, lang: str) -> list[Window]:
-        """First-fit decreasing: long chunks fill windows alone, short ones share them."""
+        """First-fit decreasing: long chunks fill windows alone, short ones share them.
+
+        Packed windows stop at pack_seconds (15 s): measured on 99 English utterances with
+        tiny.en, filling whole 30 s windows makes Whisper skip utterances (WER 10.3%, 8.0% with
+        the skipped ones decoded again), while 15 s windows with 1 s pauses cost half the
+        encoder time of unpacked clips and decode as well as they do (6.7-7.0% against 6.7%).
+        """
         opts = self.opts
         # packed windows are split back by word times: no words, no packing
         limit = opts.pack_seconds if opts.pack and opts.decode.word_timestamps else 0.0

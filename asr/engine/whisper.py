@@ -435,22 +435,3 @@ def segments_from_words(words: list[dict], max_chars: int = 84, pause: float = 0
             close()
     close()
     return segments
-
-
-def pack(
-    chunks: list[tuple[object, np.ndarray]], language: str, gap: float = 1.0, limit: float = 15.0
-) -> list[Window]:
-    """Pack chunks (key, audio of at most 30 s) into windows of at most `limit` s, in order.
-
-    Measured on 99 English utterances (tiny.en): filling whole 30 s windows makes Whisper skip
-    sentences (WER 10.3%); windows of 15 s with 1 s pauses cost half the encoder time of
-    unpacked clips and decode as well as they do (WER 6.9% against 7.9% unpacked).
-    """
-    windows: list[Window] = []
-    for key, audio in chunks:
-        audio = audio[: int((WINDOW_S - 0.5) * SAMPLE_RATE)]
-        d = audio.size / SAMPLE_RATE
-        if not windows or not windows[-1].fits(d, gap, limit):
-            windows.append(Window(language))
-        windows[-1].add(key, audio, gap)
-    return windows
