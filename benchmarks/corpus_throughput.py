@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from asr.audio import load  # noqa: E402
+from benchmarks.measure import run_measured  # noqa: E402
 from benchmarks.realspeech import REALSPEECH, write_catalogue  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -42,28 +42,6 @@ audio = decode_audio(sys.argv[1], sampling_rate=16000)
 chunks = get_speech_timestamps(audio, VadOptions(max_speech_duration_s=30))
 print(len(chunks))
 """
-
-
-def run_measured(cmd: list[str]) -> tuple[float, float, str]:
-    """Run a command; return (wall s, peak RSS MiB of its largest process, stdout).
-
-    A small wrapper process runs it and reports getrusage(RUSAGE_CHILDREN).ru_maxrss, the peak
-    of the largest process in the tree it waited for (decoding workers included).
-    """
-    wrapper = (
-        "import resource, subprocess, sys, json, time\n"
-        "t = time.perf_counter()\n"
-        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-        "w = time.perf_counter() - t\n"
-        "r = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-        "sys.stderr.write(p.stderr)\n"
-        "print(json.dumps({'rc': p.returncode, 'wall': w, 'rss_kb': r, 'out': p.stdout}))\n"
-    )
-    p = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True)
-    res = json.loads(p.stdout.strip().splitlines()[-1])
-    if res["rc"]:
-        raise RuntimeError(f"{cmd} failed:\n{p.stderr}")
-    return res["wall"], res["rss_kb"] / 1024, res["out"]
 
 
 def asr(*args: str) -> list[str]:

@@ -18,7 +18,6 @@ import argparse
 import csv
 import json
 import logging
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from asr.audio import load  # noqa: E402
 from asr.engine.models import resolve_model  # noqa: E402
 from asr.engine.transcribe import TranscribeOptions, transcribe  # noqa: E402
 from asr.engine.whisper import DecodeOptions  # noqa: E402
+from benchmarks.measure import run_measured  # noqa: E402
 from benchmarks.realspeech import REALSPEECH  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -121,20 +121,12 @@ def peak_rss_long(hours: float, args, work: Path) -> dict:
     cmd = [sys.executable, "-m", "asr", "transcribe", str(path), "--out", str(work / "vl_out")]
     cmd += ["--language", "en", "--formats", "json,vtt", "--no-progress", "-q"]
     cmd += ["--compute-type", args.compute_type, "--device", args.device]
-    wrapper = (
-        "import resource, subprocess, sys, time, json\n"
-        "t = time.perf_counter(); p = subprocess.run(sys.argv[1:])\n"
-        "print(json.dumps({'rc': p.returncode, 'wall': time.perf_counter() - t,"
-        " 'rss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    wall, rss, _ = run_measured(cmd)
     return {
         "hours": hours,
-        "rc": res["rc"],
-        "wall_s": round(res["wall"], 1),
-        "rtfx": round(hours * 3600 / res["wall"], 1),
-        "peak_rss_mib": round(res["rss"] / 1024),
+        "wall_s": round(wall, 1),
+        "rtfx": round(hours * 3600 / wall, 1),
+        "peak_rss_mib": round(rss),
     }
 
 
