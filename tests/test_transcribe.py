@@ -199,8 +199,15 @@ def test_killed_run_resumes_and_writes_nothing_twice(realspeech, tmp_path):
     proc = subprocess.Popen(cmd)
     deadline = time.monotonic() + 120
     done_before: dict[str, int] = {}
+    exts = (".json", ".vtt", ".srt", ".txt", ".tei.xml")
     while time.monotonic() < deadline and proc.poll() is None:
-        done_before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
+        # finished = every output in place (the kill may fall between two formats' renames)
+        stems = [p.name[:-5] for p in out.glob("*.json")]
+        done_before = {
+            f"{s}.json": (out / f"{s}.json").stat().st_mtime_ns
+            for s in stems
+            if all((out / f"{s}{e}").exists() for e in exts)
+        }
         if len(done_before) >= 2:
             break
         time.sleep(0.05)
