@@ -23,7 +23,6 @@ from pathlib import Path
 import jiwer
 import numpy as np
 from rapidfuzz.distance import Levenshtein
-from tqdm import tqdm
 
 from asr.audio import stream
 from asr.engine.models import ModelNotFoundError, resolve_model
@@ -40,6 +39,7 @@ from asr.manifest import (
     write_manifest,
 )
 from asr.outputs import Transcript
+from asr.progress import bar as progress_bar
 from asr.textnorm import NormText, Rules, normalise, normalise_word
 from asr.vad import FRAME_S, SegmentOptions, SileroVad, speech_regions
 
@@ -379,12 +379,7 @@ def align(recordings: Path, out: Path, options: AlignOptions | None = None) -> A
         vad = SileroVad()
         by_key = {output_key(r.id): r for r in todo}
         jobs = [Job(k, r.path, r.id, r.language) for k, r in by_key.items()]
-        bar = tqdm(
-            total=sum(r.duration for r in todo) / 3600,
-            desc="align",
-            bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}]",
-            disable=None if opts.progress is None else not opts.progress,
-        )
+        bar = progress_bar("align", sum(r.duration for r in todo) / 3600, opts.progress)
         with open(journal, "a", encoding="utf-8") as jf:
             for fin in transcriber.run(jobs):
                 rec = by_key[fin.key]

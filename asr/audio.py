@@ -44,7 +44,6 @@ class AudioInfo:
     channels: int
     format: str
     codec: str
-    decode_errors: int = 0
 
 
 def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.audio.AudioStream]:

@@ -19,8 +19,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from asr.audio import MEDIA_EXTENSIONS, AudioError, probe
 from asr.manifest import (
     ErrorRecord,
@@ -30,6 +28,7 @@ from asr.manifest import (
     read_recordings,
     write_manifest,
 )
+from asr.progress import bar as progress_bar
 from asr.rights import RightsPolicy
 
 log = logging.getLogger(__name__)
@@ -232,9 +231,7 @@ def _decode_all(
     """Decode files in parallel processes; yield (item, audio facts or error reason)."""
     workers = options.workers or os.cpu_count() or 1
     total_s = 0.0
-    bar = tqdm(
-        total=len(todo), unit="file", desc="ingest", disable=_no_bar(options.progress), leave=True
-    )
+    bar = progress_bar("ingest", len(todo), options.progress, unit="file")
     pool = None
     if workers > 1 and len(todo) > 1:
         pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
@@ -256,10 +253,6 @@ def _decode_all(
             bar.close()
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-
-
-def _no_bar(progress: bool | None) -> bool | None:
-    return None if progress is None else not progress
 
 
 def _decode_one(path: str) -> dict | str:

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import webdataset as wds
-from tqdm import tqdm
 
 from asr.audio import SAMPLE_RATE, AudioError, SpanCutter, stream
 from asr.manifest import ErrorRecord, Recording, Segment, read_recordings, read_segments
+from asr.progress import bar as progress_bar
 from asr.rights import RightsPolicy
 
 log = logging.getLogger(__name__)
@@ -223,12 +223,7 @@ def shard(segments_path: Path, out_dir: Path, options: ShardOptions | None = Non
         else:
             by_rec[s.recording_id].append(s)
     total_s = sum(s.duration for segs in by_rec.values() for s in segs)
-    bar = tqdm(
-        total=total_s / 3600,
-        desc="shard",
-        bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}]",
-        disable=None if opts.progress is None else not opts.progress,
-    )
+    bar = progress_bar("shard", total_s / 3600, opts.progress)
     for rid, segs in by_rec.items():
         rec = recordings[rid]
         try:

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from asr.audio import SAMPLE_RATE, AudioError, stream
 from asr.manifest import (
@@ -31,6 +30,7 @@ from asr.manifest import (
     read_recordings,
     write_manifest,
 )
+from asr.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -367,13 +367,7 @@ def segment(recordings: Path, out: Path, options: SegmentOptions | None = None) 
     result = SegmentResult(manifest=out, recordings=len(recs))
     todo = [r for r in recs if (r.id, r.sha256) not in done]
     workers = min(opts.workers or os.cpu_count() or 1, max(1, len(todo)))
-    bar = tqdm(
-        total=sum(r.duration for r in todo) / 3600,
-        unit="h",
-        desc="segment",
-        bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}, {rate_fmt}]",
-        disable=None if opts.progress is None else not opts.progress,
-    )
+    bar = progress_bar("segment", sum(r.duration for r in todo) / 3600, opts.progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(journal, "a", encoding="utf-8") as jf:
         if fresh:

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from asr import __version__
 from asr.audio import MEDIA_EXTENSIONS, SAMPLE_RATE, AudioError, stream
@@ -31,6 +30,7 @@ from asr.engine.models import ModelInfo, resolve_model
 from asr.engine.whisper import WINDOW_S, DecodeOptions, PartResult, WhisperEngine, Window
 from asr.manifest import read_recordings
 from asr.outputs import EXTENSIONS, Transcript, TranscriptSegment, Word, write_outputs
+from asr.progress import bar as progress_bar
 from asr.vad import SegmentOptions, SileroVad, stream_chunks
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,6 @@ class _Pending:
     language: str | None = None
     language_probability: float | None = None
     results: dict[int, tuple[float, PartResult]] = field(default_factory=dict)
-    waiting: list[tuple[int, float, np.ndarray]] = field(default_factory=list)
 
     def complete(self) -> bool:
         return (
@@ -265,8 +264,6 @@ class Transcriber:
             compute_type=opts.resolved_compute_type(),
             cpu_threads=opts.cpu_threads,
         )
-
-    _solo: set = set()
 
     def _language(self, job: Job) -> str | None:
         """--language, else the catalogue's (if the model knows it), else None: detect it."""
@@ -527,12 +524,7 @@ def run_jobs(
         run_id = db.begin_run(_options_dict(opts))
         t0 = time.perf_counter()
         if todo:
-            bar = tqdm(
-                total=len(todo),
-                unit="rec",
-                desc="transcribe",
-                disable=None if opts.progress is None else not opts.progress,
-            )
+            bar = progress_bar("transcribe", len(todo), opts.progress, unit="rec")
             for fin in runner(todo):
                 if fin.error is None:
                     db.done(fin.key, fin.audio_seconds, fin.wall_seconds, fin.language)
