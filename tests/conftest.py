@@ -40,6 +40,20 @@ def sample_manifests(sample_archive: Path, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="session")
+def train_shards(sample_manifests: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Training shards from the sample archive: its transcripts aligned, then sharded (several
+    small shards per split, so that processes and workers get different ones)."""
+    from asr.align import AlignOptions, align
+    from asr.shards import ShardOptions, shard
+
+    out = tmp_path_factory.mktemp("train_shards")
+    shutil.copy(sample_manifests / "recordings.jsonl", out / "recordings.jsonl")
+    align(out / "recordings.jsonl", out / "aligned.jsonl", AlignOptions(progress=False))
+    shard(out / "aligned.jsonl", out / "shards", ShardOptions(max_count=3, progress=False))
+    return out / "shards"
+
+
+@pytest.fixture(scope="session")
 def realspeech() -> Path:
     """../shared/data/realspeech (or $ASR_REALSPEECH): real recorded speech with references."""
     if not (REALSPEECH / "catalogue.csv").is_file():

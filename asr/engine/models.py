@@ -141,10 +141,6 @@ def convert_hub_model(model_id: str, quantization: str = "float16") -> Path:
     if (out / "model.bin").is_file():
         return out
     try:
-        from ctranslate2.converters import TransformersConverter
-    except ImportError as e:  # pragma: no cover - ctranslate2 always ships its converters
-        raise ModelNotFoundError(f"cannot convert {model_id}: {e}") from None
-    try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError:
@@ -152,13 +148,14 @@ def convert_hub_model(model_id: str, quantization: str = "float16") -> Path:
             f"{model_id}: converting a hub model needs transformers and torch: "
             "pip install 'archive-asr[train]' (or pass a CTranslate2 model folder)"
         ) from None
+    from asr.export import convert
+
     tmp = out.with_name(out.name + ".tmp")
     log.info("converting %s to CTranslate2 (%s) in %s", model_id, quantization, out)
     try:
-        TransformersConverter(
-            model_id, copy_files=["tokenizer.json", "preprocessor_config.json"]
-        ).convert(str(tmp), quantization=quantization, force=True)
+        convert(model_id, tmp, quantization)
     except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise ModelNotFoundError(f"{model_id}: conversion failed ({e})") from None
     tmp.replace(out)
     return out

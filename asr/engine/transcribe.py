@@ -25,6 +25,7 @@ import numpy as np
 
 from asr import __version__
 from asr.audio import MEDIA_EXTENSIONS, SAMPLE_RATE, AudioError, stream
+from asr.engine.ctc import CtcEngine
 from asr.engine.jobs import DB_NAME, JobDB
 from asr.engine.models import ModelInfo, resolve_model
 from asr.engine.whisper import WINDOW_S, DecodeOptions, PartResult, WhisperEngine, Window
@@ -249,15 +250,11 @@ class Transcriber:
         self.out_dir = Path(out_dir)
         self.opts = opts
         self.model = model or resolve_model(opts.model)
-        if self.model.kind != "whisper":
-            raise ValueError(
-                f"{self.model.path}: {self.model.kind} (CTC) models are not supported by "
-                "`asr transcribe` yet; use a Whisper model"
-            )
         SileroVad(opts.vad.vad_model)  # a missing VAD model fails here, not in a worker
         self._solo = set()  # chunks to decode alone: they were skipped in a packed window
         self.repacked = 0
-        self.engine = WhisperEngine(
+        engine_class = CtcEngine if self.model.kind == "wav2vec2" else WhisperEngine
+        self.engine = engine_class(
             str(self.model.path),
             device=opts.device,
             device_index=list(opts.device_index),
@@ -267,6 +264,8 @@ class Transcriber:
 
     def _language(self, job: Job) -> str | None:
         """--language, else the catalogue's (if the model knows it), else None: detect it."""
+        if isinstance(self.engine, CtcEngine):  # one language per model: nothing to detect
+            return self.opts.language or job.language or "und"
         if not self.engine.multilingual:
             return "en"
         for lang in (self.opts.language, job.language):
@@ -390,7 +389,8 @@ class Transcriber:
         """
         opts = self.opts
         # packed windows are split back by word times: no words, no packing
-        limit = opts.pack_seconds if opts.pack and opts.decode.word_timestamps else 0.0
+        packs = opts.pack and opts.decode.word_timestamps and getattr(self.engine, "packs", True)
+        limit = opts.pack_seconds if packs else 0.0
         windows: list[Window] = []
         for key, _, audio in sorted(items, key=lambda it: -it[2].size):
             d = audio.size / SAMPLE_RATE

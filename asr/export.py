@@ -1,0 +1,315 @@
+"""`asr export`: a trained model (Hugging Face format) to CTranslate2, checked before it lands.
+
+ctranslate2's own converter does the conversion; what it does not do is checked here: the
+tokenizer and feature-extractor files the engine needs travel with the model
+(preprocessor_config.json carries Whisper's number of mel bins), and a parity check compares
+the PyTorch model and the converted one on a fixed set of utterances (greedy decoding from
+the same prompts on both sides). A WER between them above the threshold fails the export, and
+nothing is written to the output folder. The result is a valid `--model` for `asr transcribe`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+QUANTIZATIONS = ("int8", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
+KINDS = {"whisper": "whisper", "wav2vec2": "ctc"}
+COPY_FILES = (
+    "tokenizer.json",
+    "vocab.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "generation_config.json",
+    "archive_asr.json",
+)
+
+
+class ExportError(RuntimeError):
+    """The export failed; the message says why (and nothing was written to the output)."""
+
+
+@dataclass
+class ExportOptions:
+    """See `asr export --help`."""
+
+    quantization: str = "int8"
+    parity_data: list[str] = field(default_factory=list)
+    """A shard folder (its dev split) or audio files; default: the dev shards of training."""
+    parity_samples: int = 16
+    max_parity_wer: float = 0.10
+    """Largest WER between the PyTorch and CTranslate2 transcripts that passes."""
+    max_new_tokens: int = 128
+    device: str = "auto"
+    force: bool = False
+    """Replace an existing output folder."""
+    check_parity: bool = True
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    kind: str
+    quantization: str
+    parity_wer: float | None = None
+    parity_samples: int = 0
+    examples: list[dict] = field(default_factory=list)
+
+
+def model_kind(model_dir: Path) -> str:
+    """whisper or ctc, from the model's config.json; ExportError for anything else."""
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise ExportError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    kind = KINDS.get(cfg.get("model_type", ""))
+    if kind is None:
+        raise ExportError(
+            f"{cfg_path}: model_type {cfg.get('model_type')!r}; export handles whisper and wav2vec2"
+        )
+    return kind
+
+
+def convert(model: str, out: Path, quantization: str) -> None:
+    """ctranslate2's TransformersConverter, plus the processor files the engine reads."""
+    from ctranslate2.converters import TransformersConverter
+
+    src = Path(model)
+    copy = [f for f in COPY_FILES if (src / f).is_file()] if src.is_dir() else None
+    TransformersConverter(model, copy_files=copy).convert(
+        str(out), quantization=quantization, force=True
+    )
+    processor = _processor(model)
+    # feature extractor settings under the name faster-whisper and the CTC engine read
+    processor.feature_extractor.to_json_file(str(out / "preprocessor_config.json"))
+    if not (out / "tokenizer.json").is_file() and hasattr(processor.tokenizer, "backend_tokenizer"):
+        processor.tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+    if not (out / "vocab.json").is_file() and not hasattr(processor.tokenizer, "backend_tokenizer"):
+        processor.tokenizer.save_pretrained(str(out))
+
+
+def _processor(model: str):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(model)
+
+
+def export(model_dir: str | os.PathLike, out: str | os.PathLike, opts=None) -> ExportResult:
+    """Convert model_dir into out (via a temporary folder), after the parity check passes."""
+    opts = opts or ExportOptions()
+    model_dir, out = Path(model_dir), Path(out)
+    if opts.quantization not in QUANTIZATIONS:
+        raise ExportError(f"--quantization {opts.quantization}: choose from {QUANTIZATIONS}")
+    kind = model_kind(model_dir)
+    if out.exists() and any(out.iterdir()) and not opts.force:
+        raise ExportError(f"{out}: exists and is not empty (pass --force to replace it)")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        try:
+            convert(str(model_dir), tmp, opts.quantization)
+        except Exception as e:
+            raise ExportError(f"{model_dir}: conversion failed ({type(e).__name__}: {e})") from e
+        result = ExportResult(out, kind, opts.quantization)
+        if opts.check_parity:
+            samples = parity_samples(model_dir, opts)
+            wer, examples = parity(model_dir, tmp, samples, opts)
+            result.parity_wer, result.parity_samples, result.examples = wer, len(samples), examples
+            if wer > opts.max_parity_wer:
+                raise ExportError(
+                    f"{model_dir}: parity check failed: the CTranslate2 model "
+                    f"({opts.quantization}) and the PyTorch model disagree, WER "
+                    f"{100 * wer:.1f}% over {len(samples)} utterances > "
+                    f"{100 * opts.max_parity_wer:.1f}% allowed "
+                    f"(e.g. PyTorch {examples[0]['pytorch']!r} vs CTranslate2 "
+                    f"{examples[0]['ctranslate2']!r}); try a wider --quantization "
+                    "(float16, float32) or check the model"
+                )
+            log.info(
+                "parity: WER %.2f%% between PyTorch and CTranslate2 on %d utterances",
+                100 * wer,
+                len(samples),
+            )
+        info = {**asdict(result), "out": str(out), "source": str(model_dir.resolve())}
+        (tmp / "export.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class ParitySample:
+    audio: np.ndarray
+    language: str | None
+    name: str
+
+
+def parity_samples(model_dir: Path, opts: ExportOptions) -> list[ParitySample]:
+    """The fixed set the parity check transcribes: --parity-data, else training's dev shards."""
+    from asr.audio import load
+
+    sources = list(opts.parity_data)
+    if not sources:
+        info_path = model_dir / "archive_asr.json"
+        info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
+        if not info.get("shards") or not Path(info["shards"]).is_dir():
+            raise ExportError(
+                f"{model_dir}: no parity data: pass --parity-data (a shard folder or audio "
+                "files), or --no-parity to skip the check"
+            )
+        sources = [info["shards"]]
+    samples: list[ParitySample] = []
+    for src in sources:
+        p = Path(src)
+        if (p / "shards.json").is_file():
+            from asr.train.data import read_raw, split_shards
+
+            for split in ("dev", "test", "train"):
+                try:
+                    urls = split_shards(p, split)
+                except ValueError:
+                    continue
+                for s in read_raw(urls):
+                    samples.append(ParitySample(s.audio(), s.meta.get("language"), s.key))
+                    if len(samples) >= opts.parity_samples:
+                        return samples
+                break
+        elif p.is_file():
+            samples.append(ParitySample(load(p)[: 30 * 16000], None, p.name))
+        else:
+            raise ExportError(f"{p}: --parity-data must be a shard folder or an audio file")
+        if len(samples) >= opts.parity_samples:
+            break
+    if not samples:
+        raise ExportError(f"{', '.join(sources)}: no utterances for the parity check")
+    return samples[: opts.parity_samples]
+
+
+def parity(
+    model_dir: Path, ct2_dir: Path, samples: list[ParitySample], opts: ExportOptions
+) -> tuple[float, list[dict]]:
+    """WER between the PyTorch model's and the converted model's greedy transcripts."""
+    import ctranslate2
+
+    device = opts.device
+    if device == "auto":
+        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    kind = model_kind(model_dir)
+    if kind == "whisper":
+        pt, ct = _parity_whisper(model_dir, ct2_dir, samples, opts, device)
+    else:
+        pt, ct = _parity_ctc(model_dir, ct2_dir, samples, device)
+    examples = [
+        {"name": s.name, "pytorch": a, "ctranslate2": b} for s, a, b in zip(samples, pt, ct)
+    ]
+    return transcript_wer(pt, ct), examples
+
+
+def transcript_wer(refs: list[str], hyps: list[str]) -> float:
+    """WER of hyps against refs after basic normalisation; empty references count insertions."""
+    import jiwer
+    from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+
+    norm = BasicTextNormalizer()
+    errors = words = 0
+    for r, h in zip(refs, hyps):
+        r, h = norm(r).split(), norm(h).split()
+        if not r:
+            errors += len(h)
+            continue
+        out = jiwer.process_words(" ".join(r), " ".join(h) if h else "")
+        errors += out.substitutions + out.deletions + out.insertions
+        words += len(r)
+    return errors / max(1, words) if words else float(errors > 0)
+
+
+def _parity_whisper(model_dir, ct2_dir, samples, opts, device):
+    import ctranslate2
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from asr.train.tasks import greedy_decode
+
+    processor = WhisperProcessor.from_pretrained(model_dir)
+    tok = processor.tokenizer
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir).to(device).eval()
+    info_path = model_dir / "archive_asr.json"
+    info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
+    fixed = info.get("language")
+    multilingual = tok.convert_tokens_to_ids("<|de|>") not in (None, tok.unk_token_id)
+    ids = tok.convert_tokens_to_ids
+    prompts = []
+    for s in samples:
+        p = [ids("<|startoftranscript|>")]
+        if multilingual:
+            lang = fixed or s.language or "en"
+            p += [ids(f"<|{lang}|>"), ids("<|transcribe|>")]
+        prompts.append(p + [ids("<|notimestamps|>")])
+    feats = np.stack(
+        [
+            processor.feature_extractor(s.audio[: 30 * 16000], sampling_rate=16000).input_features[
+                0
+            ]
+            for s in samples
+        ]
+    ).astype(np.float32)
+    eot = ids("<|endoftext|>")
+    pt_ids = []
+    for i in range(len(samples)):
+        with torch.no_grad():
+            f = torch.from_numpy(feats[i : i + 1]).to(device)
+            pt_ids += greedy_decode(model, f, [prompts[i]], opts.max_new_tokens, eot)
+    ct = ctranslate2.models.Whisper(str(ct2_dir), device=device, compute_type="default")
+    ct_ids = []
+    for i in range(len(samples)):
+        res = ct.generate(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[i : i + 1])),
+            [prompts[i]],
+            beam_size=1,
+            # generous: how ctranslate2 counts max_length differs from the loop above; sequences
+            # that hit the limit are cut to a common length below
+            max_length=2 * (opts.max_new_tokens + len(prompts[i])),
+            suppress_blank=False,
+            suppress_tokens=[],
+        )
+        ct_ids.append([t for t in res[0].sequences_ids[0] if t != eot])
+    cap = opts.max_new_tokens
+    for i, (a, b) in enumerate(zip(pt_ids, ct_ids)):
+        if len(a) >= cap or len(b) >= cap:  # no end of text (a loop): compare the first tokens
+            n = min(len(a), len(b), cap)
+            pt_ids[i], ct_ids[i] = a[:n], b[:n]
+    decode = lambda seqs: [tok.decode(s, skip_special_tokens=True).strip() for s in seqs]  # noqa: E731
+    return decode(pt_ids), decode(ct_ids)
+
+
+def _parity_ctc(model_dir, ct2_dir, samples, device):
+    import ctranslate2
+    import torch
+    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+
+    processor = Wav2Vec2Processor.from_pretrained(model_dir)
+    model = Wav2Vec2ForCTC.from_pretrained(model_dir).to(device).eval()
+    ct = ctranslate2.models.Wav2Vec2(str(ct2_dir), device=device, compute_type="default")
+    pt, cts = [], []
+    for s in samples:
+        x = processor.feature_extractor(s.audio, sampling_rate=16000).input_values[0]
+        x = np.asarray(x, dtype=np.float32)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(x)[None].to(device)).logits[0].cpu().numpy()
+        pt.append(processor.tokenizer.decode(logits.argmax(-1).tolist()))
+        out = ct.encode(ctranslate2.StorageView.from_array(x[None, None, :].copy()), to_cpu=True)
+        cts.append(processor.tokenizer.decode(np.array(out)[0].argmax(-1).tolist()))
+    return pt, cts
