@@ -32,8 +32,10 @@ demo: sample
 	$(BIN)/asr shard $(DEMO)/segments.jsonl --out $(DEMO)/shards
 	$(BIN)/asr align $(DEMO)/recordings.jsonl --out $(DEMO)/aligned.jsonl
 	$(BIN)/asr shard $(DEMO)/aligned.jsonl --out $(DEMO)/aligned-shards
+	$(BIN)/asr train recipes/whisper-tiny-cpu.yaml --shards $(DEMO)/aligned-shards --out $(DEMO)/run
+	$(BIN)/asr export $(DEMO)/run/final --out $(DEMO)/tiny-model --force
 	$(BIN)/asr transcribe $(DEMO)/recordings.jsonl --out $(DEMO)/transcripts
-	@echo "shards: $(DEMO)/shards/shards.json; transcripts: $(DEMO)/transcripts/"
+	@echo "shards: $(DEMO)/shards/shards.json; model: $(DEMO)/tiny-model; transcripts: $(DEMO)/transcripts/"
 
 lint: setup
 	$(BIN)/ruff check .
@@ -50,6 +52,7 @@ bench: setup
 	$(BIN)/python benchmarks/corpus_throughput.py
 	$(BIN)/python benchmarks/transcribe_speed.py --long-hours 3
 	$(BIN)/python benchmarks/align_accuracy.py
+	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
 	rm -rf build .pytest_cache
