@@ -231,3 +231,14 @@ def test_two_processes_train_on_different_shards(train_shards, tmp_path):
         assert not per_rank[0][epoch] & per_rank[1][epoch], per_rank
     assert (run / "final/model.safetensors").is_file()
     assert p.stderr.count("train: step 4") == 1  # one summary, from the main process
+
+
+def test_bf16_and_early_stopping(train_shards, tmp_path):
+    # lr 0: the dev WER cannot improve, so patience 1 stops at the second evaluation
+    sets = ["train.mixed_precision=bf16", "optim.lr=0", "optim.max_steps=20"]
+    sets += ["train.eval_every=2", "train.early_stopping_patience=1"]
+    r = train(load_recipe(WHISPER, sets), train_shards, tmp_path, TrainOptions(progress=False))
+    assert r.stopped_early and r.step == 4 and r.final is not None
+    evals = [x for x in _log(tmp_path) if "dev_wer" in x]
+    assert len(evals) == 2 and all(e["dev_samples"] == 6 for e in evals)
+    assert json.loads((r.final / "archive_asr.json").read_text())["best_step"] == 2

@@ -237,19 +237,22 @@ def _evaluate(acc, task, model, recipe, dev_urls, run_dir, state, result) -> boo
         net = acc.unwrap_model(model)
         net.eval()
         hyps, refs, losses = [], [], []
-        with torch.no_grad(), acc.autocast():
-            for batch, texts in dev_batches(
-                dev_urls,
-                task.prepare,
-                task.collate,
-                recipe.train.eval_batch_size,
-                recipe.data.dev_max_samples,
-                recipe.data.text_field,
-            ):
+        for batch, texts in dev_batches(
+            dev_urls,
+            task.prepare,
+            task.collate,
+            recipe.train.eval_batch_size,
+            recipe.data.dev_max_samples,
+            recipe.data.text_field,
+        ):
+            # only the model under autocast: the feature extractors compute in float32
+            with torch.no_grad(), acc.autocast():
                 losses.append(float(net(**to_device(batch, acc.device)).loss))
                 hyps += task.predict(net, batch, recipe.train.eval_max_new_tokens)
-                refs += texts
+            refs += texts
         net.train()
+        if not refs:
+            raise RuntimeError(f"no dev sample could be evaluated ({', '.join(dev_urls)})")
         wer, cer = dev_error_rates(refs, hyps)
         record = {
             "step": state.step,
