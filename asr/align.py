@@ -15,6 +15,7 @@ span agree (character error rate at most `max_cer`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,7 @@ import jiwer
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from asr.audio import stream
+from asr.audio import SAMPLE_RATE, SpanCutter, stream
 from asr.engine.models import ModelNotFoundError, resolve_model
 from asr.engine.transcribe import Job, TranscribeOptions, Transcriber, output_key
 from asr.engine.whisper import DecodeOptions
@@ -66,6 +67,13 @@ class AlignOptions:
     batch_size: int = 8
     device: str = "cpu"
     compute_type: str | None = None
+    ctc_model: str | None = None
+    """A wav2vec2 CTC model (hub id or folder): force-align each kept segment's text for exact
+    boundaries and a `ctc` score (see asr/forced_align.py)."""
+    ctc_window: float = 1.0
+    """How far (s) beyond the anchored edges the CTC alignment may move them."""
+    min_ctc_score: float | None = None
+    """Drop segments whose mean CTC log-probability per character is below this."""
     progress: bool | None = None
 
 
@@ -342,6 +350,51 @@ def _unmatched_audio(mapping: np.ndarray, times: np.ndarray, min_words: int = 5)
     return out
 
 
+def refine(
+    rec: Recording, segs: list[Segment], aligner, opts: AlignOptions, report: dict
+) -> list[Segment]:
+    """Move each segment's edges onto its CTC forced alignment inside a window around its
+    anchored span (never into a neighbour's); drop the ones whose text cannot be aligned."""
+    windows = []
+    for k, s in enumerate(segs):
+        lo = max(0.0, s.start - opts.ctc_window, segs[k - 1].end if k else 0.0)
+        hi = min(rec.duration, s.end + opts.ctc_window)
+        if k + 1 < len(segs):
+            hi = min(hi, segs[k + 1].start)
+        windows.append((lo, hi))
+    cutter = SpanCutter(windows)
+    kept: list[Segment] = []
+    prev_end = 0.0
+
+    def drop(s: Segment, reason: str) -> None:
+        report["dropped"].append({"text": s.text[:120], "reason": reason})
+        report["kept_words"] -= len((s.text_normalized or "").split())
+
+    blocks = stream(rec.path, SAMPLE_RATE, block_seconds=30.0)
+    for block in itertools.chain(blocks, [None]):
+        for i, audio in cutter.feed(block):
+            s, (lo, hi) = segs[i], windows[i]
+            al = aligner.align(audio, (s.text_normalized or "").split())
+            if al is None:
+                drop(s, "CTC alignment failed (more characters than the audio holds)")
+                continue
+            if opts.min_ctc_score is not None and al.score < opts.min_ctc_score:
+                drop(s, f"CTC score {al.score:.2f} < {opts.min_ctc_score}")
+                continue
+            start = max(lo, prev_end, lo + al.start - opts.pad)
+            end = min(hi, lo + al.end + opts.pad)
+            if end - start < opts.min_duration:
+                drop(s, f"shorter than {opts.min_duration} s after CTC alignment")
+                continue
+            s.start, s.end = round(start, 3), round(end, 3)
+            s.scores = {**s.scores, "ctc": round(al.score, 4)}
+            prev_end = s.end
+            kept.append(s)
+    report["segments"] = len(kept)
+    report["yield"] = round(report["kept_words"] / max(1, report["ref_words"]), 4)
+    return kept
+
+
 def _regions(path: str, vad: SileroVad) -> list[tuple[float, float]]:
     probs = vad.probabilities(stream(path))
     opts = SegmentOptions(min_silence=0.2, min_speech=0.1)
@@ -377,6 +430,11 @@ def align(recordings: Path, out: Path, options: AlignOptions | None = None) -> A
         )
         transcriber = Transcriber(out.parent, topts)
         vad = SileroVad()
+        aligner = None
+        if opts.ctc_model:
+            from asr.forced_align import CtcAligner
+
+            aligner = CtcAligner(opts.ctc_model, device=opts.device)
         by_key = {output_key(r.id): r for r in todo}
         jobs = [Job(k, r.path, r.id, r.language) for k, r in by_key.items()]
         bar = progress_bar("align", sum(r.duration for r in todo) / 3600, opts.progress)
@@ -394,6 +452,8 @@ def align(recordings: Path, out: Path, options: AlignOptions | None = None) -> A
                         rules,
                         _regions(rec.path, vad),
                     )
+                    if aligner is not None and segs:
+                        segs = refine(rec, segs, aligner, opts, report)
                     entry = {
                         "id": rec.id,
                         "sha256": rec.sha256,

@@ -174,6 +174,24 @@ def _parser() -> argparse.ArgumentParser:
         "default: asr/data/align_rules.yaml",
     )
     p.add_argument("--beam-size", type=int, default=5, help="beam search width")
+    p.add_argument(
+        "--ctc-model",
+        help="wav2vec2 CTC model (Hugging Face hub id or folder, e.g. RUN_DIR/final of `asr "
+        "train`): force-align each kept segment's text for exact boundaries and a ctc score "
+        "(needs the train extra); default: Whisper's word times only",
+    )
+    p.add_argument(
+        "--ctc-window",
+        type=float,
+        default=1.0,
+        help="seconds beyond the anchored edges the CTC alignment may move them",
+    )
+    p.add_argument(
+        "--min-ctc-score",
+        type=float,
+        help="drop segments whose mean CTC log-probability per character is lower "
+        "(e.g. -1.5); default: keep all that align",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
     p.add_argument("--compute-type", help="CTranslate2 compute type (default: int8 / float16)")
     p.add_argument("--strict", action="store_true", help="exit 2 if any recording failed")
@@ -470,6 +488,9 @@ def cmd_align(args: argparse.Namespace) -> int:
         pad=args.pad,
         rules=args.rules,
         beam_size=args.beam_size,
+        ctc_model=args.ctc_model,
+        ctc_window=args.ctc_window,
+        min_ctc_score=args.min_ctc_score,
         device=args.device,
         compute_type=args.compute_type,
         progress=_progress(args),

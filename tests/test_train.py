@@ -152,10 +152,21 @@ def test_parity_check_catches_a_different_model(whisper_run, tmp_path):
         export(tmp_path, tmp_path / "y")
 
 
-def test_wav2vec2_trains_resumes_exports_and_transcribes(train_shards, sample_archive, tmp_path):
-    sets = ["optim.max_steps=16", "train.eval_every=8", "data.num_workers=2", "data.epoch_steps=5"]
-    straight = tmp_path / "straight"
-    r = train(load_recipe(CTC, sets), train_shards, straight, TrainOptions(progress=False))
+CTC_SETS = ["optim.max_steps=16", "train.eval_every=8", "data.num_workers=2", "data.epoch_steps=5"]
+
+
+@pytest.fixture(scope="module")
+def ctc_run(train_shards, tmp_path_factory):
+    """The tiny wav2vec2 recipe, 16 steps straight through, two data workers."""
+    run = tmp_path_factory.mktemp("ctc") / "run"
+    result = train(load_recipe(CTC, CTC_SETS), train_shards, run, TrainOptions(progress=False))
+    return run, result
+
+
+def test_wav2vec2_trains_resumes_exports_and_transcribes(
+    ctc_run, train_shards, sample_archive, tmp_path
+):
+    straight, r = ctc_run
     losses = [x["loss"] for x in _log(straight) if "loss" in x]
     assert r.step == 16 and np.mean(losses[-4:]) < np.mean(losses[:4]) - 1.0, losses
     assert [x["step"] for x in _log(straight) if "dev_cer" in x] == [8, 16]
@@ -163,6 +174,7 @@ def test_wav2vec2_trains_resumes_exports_and_transcribes(train_shards, sample_ar
     assert vocab["<pad>"] == 0 and vocab["|"] == 2 and "a" in vocab
 
     run = tmp_path / "resumed"  # stopped at an odd step: two data workers take turns
+    sets = CTC_SETS
     train(load_recipe(CTC, sets), train_shards, run, TrainOptions(stop_after=7, progress=False))
     again = train(load_recipe(CTC, sets), train_shards, run, TrainOptions(progress=False))
     assert again.resumed_from == 7
@@ -179,6 +191,39 @@ def test_wav2vec2_trains_resumes_exports_and_transcribes(train_shards, sample_ar
     assert t.done == 2 and t.failed == 0
     doc = json.loads(next((tmp_path / "tx").rglob("*.json")).read_text())
     assert doc["model"]["path"] == str(out.resolve()) and doc["language"]
+
+
+def test_align_refines_with_a_ctc_model(ctc_run, sample_manifests, tmp_path):
+    from asr.align import AlignOptions, align
+    from asr.forced_align import CtcAligner
+    from asr.manifest import read_recordings, read_segments, write_manifest
+
+    run, _ = ctc_run
+    aligner = CtcAligner(str(run / "final"), chunk_seconds=4.0, context_seconds=1.0)
+    audio = np.random.default_rng(0).normal(0, 0.1, 16000 * 9 + 123).astype(np.float32)
+    assert aligner.emissions(audio).shape == (audio.size // 320, len(aligner.vocab))
+    assert aligner.align(audio[:1600], ["much", "too", "long", "for", "a", "tenth"]) is None
+
+    recs = [r for r in read_recordings(sample_manifests / "recordings.jsonl") if r.text]
+    recs = [r for r in recs if r.language == "en" and r.duration < 20][:2]
+    write_manifest(tmp_path / "recordings.jsonl", recs)
+    plain = align(tmp_path / "recordings.jsonl", tmp_path / "plain.jsonl", AlignOptions())
+    opts = AlignOptions(ctc_model=str(run / "final"), ctc_window=0.5)
+    refined = align(tmp_path / "recordings.jsonl", tmp_path / "ctc.jsonl", opts)
+    before = {s.id: s for s in read_segments(tmp_path / "plain.jsonl")}
+    after = read_segments(tmp_path / "ctc.jsonl")
+    assert plain.segments > 0 and refined.segments == plain.segments
+    for s in after:
+        b = before[s.id]
+        assert s.scores["ctc"] < 0 and s.text == b.text
+        assert b.start - 0.5 - 1e-3 <= s.start and s.end <= b.end + 0.5 + 1e-3
+    # a threshold no alignment reaches drops every segment, with the reason in the report
+    strict = AlignOptions(ctc_model=str(run / "final"), min_ctc_score=0.0)
+    dropped = align(tmp_path / "recordings.jsonl", tmp_path / "none.jsonl", strict)
+    assert dropped.segments == 0
+    report = json.loads(dropped.report.read_text())
+    reasons = [d["reason"] for r in report["per_recording"] for d in r["dropped"]]
+    assert sum("CTC score" in r for r in reasons) == plain.segments
 
 
 def test_ctc_words_collapse_repeats_and_time_words():
