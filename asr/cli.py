@@ -13,7 +13,7 @@ QUANTIZATIONS = ("int8", "int8_float16", "int8_bfloat16", "int16", "float16", "b
 
 log = logging.getLogger("asr")
 
-EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_REGRESSION = 0, 1, 2, 3
 EPILOG = """exit codes:
   0  everything done
   1  the command could not run (bad arguments, unreadable manifest, missing model)
@@ -370,6 +370,32 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser(
+        "bench",
+        help="WER benchmark: models x test sets, history, regression gate, report",
+        description="asr bench CONFIG: run every model of CONFIG (YAML; see benchmarks/README.md) "
+        "on every test set, score WER/CER with 95%% bootstrap intervals, append the run to the "
+        "history database and compare each result with the previous run of the same model. "
+        "asr bench compare RUN_A RUN_B: paired bootstrap of two runs (ids, unique prefixes, "
+        "latest or previous). asr bench history: the runs in the database.",
+        epilog="""exit codes:
+  0  done, no regression
+  1  the command could not run (bad configuration, missing model or test set)
+  2  done, but a model failed on a test set
+  3  a regression: WER worse than the previous run by more than gate.max_wer_increase,
+     and significant (95% paired bootstrap)
+""",
+        formatter_class=_Help,
+    )
+    p.add_argument("target", help="CONFIG (YAML), or compare, or history")
+    p.add_argument("runs", nargs="*", help="with compare: RUN_A RUN_B")
+    p.add_argument(
+        "--db", type=Path, help="history database (default: the config's db, or bench.sqlite)"
+    )
+    p.add_argument("--report", type=Path, help="write the HTML and markdown report here")
+    p.add_argument("--json", type=Path, help="write this run's results as JSON")
+    _common(p)
+
+    p = sub.add_parser(
         "manifest",
         help="validate a manifest, or export it to NeMo / lhotse",
         description="Validate a manifest against its JSON Schema, or export segments to a NeMo "
@@ -637,6 +663,72 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from asr.bench.run import compare, run_bench
+
+    if args.target == "compare":
+        if len(args.runs) != 2:
+            raise ValueError("asr bench compare needs two runs: RUN_A RUN_B")
+        rows = compare(args.db or Path("bench.sqlite"), *args.runs)
+        if not rows:
+            raise ValueError(f"runs {args.runs[0]} and {args.runs[1]} share no model/test set")
+        for r in rows:
+            log.info(
+                "%s on %s: WER %.2f%% -> %.2f%% (%+.2f, 95%% CI %+.2f..%+.2f, p=%.3f) %s",
+                r["model"],
+                r["testset"],
+                100 * r["wer_a"],
+                100 * r["wer_b"],
+                100 * r["diff"],
+                100 * r["ci_low"],
+                100 * r["ci_high"],
+                r["p_value"],
+                "SIGNIFICANT" if r["significant"] else "not significant",
+            )
+        return EXIT_OK
+    if args.target == "history":
+        from asr.bench.history import History
+
+        hist = History(args.db or Path("bench.sqlite"))
+        try:
+            for r in hist.results():
+                log.info(
+                    "%s %s %s %s on %s: WER %.2f%% [%.2f-%.2f] RTFx %.1f",
+                    r["run_id"],
+                    r["started"][:19],
+                    (r["git_commit"] or "-")[:8],
+                    r["model"],
+                    r["testset"],
+                    100 * r["wer"],
+                    100 * r["ci_low"],
+                    100 * r["ci_high"],
+                    r["rtfx"],
+                )
+        finally:
+            hist.close()
+        return EXIT_OK
+    from asr.bench.config import load_config
+
+    run = run_bench(load_config(args.target), args.db, args.report, args.json)
+    for r in run.results:
+        log.info(
+            "%s on %s: WER %.2f%% [%.2f-%.2f], CER %.2f%%, %d utterances, RTFx %.1f",
+            r["model"],
+            r["testset"],
+            100 * r["wer"],
+            100 * r["ci_low"],
+            100 * r["ci_high"],
+            100 * r["cer"],
+            r["n_utterances"],
+            r["rtfx"],
+        )
+    if run.report:
+        log.info("report: %s", run.report)
+    if run.regressions:
+        return EXIT_REGRESSION
+    return EXIT_PARTIAL if run.failures else EXIT_OK
+
+
 def cmd_manifest(args: argparse.Namespace) -> int:
     from asr import manifest as m
 
@@ -676,6 +768,7 @@ COMMANDS = {
     "transcribe": cmd_transcribe,
     "train": cmd_train,
     "export": cmd_export,
+    "bench": cmd_bench,
     "manifest": cmd_manifest,
 }
 

@@ -54,6 +54,17 @@ def train_shards(sample_manifests: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="session")
+def whisper_run(train_shards: Path, tmp_path_factory: pytest.TempPathFactory):
+    """recipes/whisper-tiny-cpu.yaml trained 30 steps on train_shards: (RUN_DIR, TrainResult)."""
+    from asr.train.recipe import load_recipe
+    from asr.train.trainer import TrainOptions, train
+
+    run = tmp_path_factory.mktemp("whisper") / "run"
+    recipe = load_recipe(ROOT / "recipes/whisper-tiny-cpu.yaml")
+    return run, train(recipe, train_shards, run, TrainOptions(progress=False))
+
+
+@pytest.fixture(scope="session")
 def realspeech() -> Path:
     """../shared/data/realspeech (or $ASR_REALSPEECH): real recorded speech with references."""
     if not (REALSPEECH / "catalogue.csv").is_file():

@@ -64,14 +64,6 @@ def test_recipes_load_and_typos_fail(tmp_path):
         load_recipe(bad)
 
 
-@pytest.fixture(scope="module")
-def whisper_run(train_shards, tmp_path_factory):
-    """The tiny Whisper recipe, 30 steps straight through."""
-    run = tmp_path_factory.mktemp("whisper") / "run"
-    result = train(load_recipe(WHISPER), train_shards, run, TrainOptions(progress=False))
-    return run, result
-
-
 def test_whisper_trains_and_evaluates(whisper_run):
     run, result = whisper_run
     assert result.step == 30 and result.final == run / "final"

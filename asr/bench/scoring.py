@@ -1,0 +1,229 @@
+"""WER and CER with their parts, bootstrap confidence intervals, paired comparison, breakdowns.
+
+Word and character edit operations come from jiwer on the normalised pairs, one utterance at a
+time, and corpus rates are sums over utterances (errors / reference words), which is what jiwer
+computes over the whole list. Intervals are percentile bootstraps over utterances (resampled
+with replacement, seeded: the same seed gives the same interval). A comparison of two runs on
+the same utterances is a paired bootstrap of the difference in WER.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import jiwer
+import numpy as np
+
+from asr.bench.normalize import NormalizerSpec, make_normalizer, merge_compounds
+
+
+@dataclass
+class UttScore:
+    """One utterance's normalised pair and its edit counts."""
+
+    id: str
+    ref: str
+    hyp: str
+    words: int
+    subs: int
+    dels: int
+    ins: int
+    chars: int
+    char_errors: int
+    fields: dict = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        return self.subs + self.dels + self.ins
+
+
+@dataclass
+class Scores:
+    """A model on a test set."""
+
+    wer: float
+    cer: float
+    ci_low: float
+    ci_high: float
+    substitutions: int
+    deletions: int
+    insertions: int
+    words: int
+    n_utterances: int
+    breakdown: dict = field(default_factory=dict)
+    confusions: list = field(default_factory=list)
+
+
+def score_pairs(
+    rows: list[dict], spec: NormalizerSpec, breakdown: list[str] | None = None
+) -> list[UttScore]:
+    """Per-utterance scores of rows {id, ref, hyp, language, ...fields} after normalisation."""
+    norm = make_normalizer(spec)
+    merge = spec.options.get("merge_compounds", False)
+    out = []
+    for r in rows:
+        ref = norm(r["ref"], r.get("language"))
+        hyp = norm(r["hyp"], r.get("language"))
+        if merge:
+            rw, hw = merge_compounds(ref.split(), hyp.split())
+            ref, hyp = " ".join(rw), " ".join(hw)
+        fields = {k: _field(r, k) for k in breakdown or []}
+        out.append(_utt(r["id"], ref, hyp, fields))
+    return out
+
+
+def _field(row: dict, name: str) -> str:
+    """A breakdown value; `decade` is derived from a date (1962-04-30 -> 1960s)."""
+    if name == "decade":
+        date = str(row.get("date") or "")
+        return f"{date[:3]}0s" if date[:4].isdigit() else "unknown"
+    value = row.get(name)
+    return "unknown" if value in (None, "") else str(value)
+
+
+def _utt(uid: str, ref: str, hyp: str, fields: dict) -> UttScore:
+    words, chars = len(ref.split()), len(ref)
+    if not ref:  # nothing to say: every hypothesis word is an insertion
+        return UttScore(uid, ref, hyp, 0, 0, 0, len(hyp.split()), 0, len(hyp), fields)
+    w = jiwer.process_words(ref, hyp)
+    c = jiwer.process_characters(ref, hyp)
+    return UttScore(
+        uid,
+        ref,
+        hyp,
+        words,
+        w.substitutions,
+        w.deletions,
+        w.insertions,
+        chars,
+        c.substitutions + c.deletions + c.insertions,
+        fields,
+    )
+
+
+def _rate(errors: np.ndarray, total: np.ndarray) -> float:
+    t = float(total.sum())
+    return float(errors.sum()) / t if t else 0.0
+
+
+def bootstrap_ci(
+    errors: np.ndarray, words: np.ndarray, n: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the corpus rate sum(errors)/sum(words)."""
+    if len(errors) == 0:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(errors), size=(n, len(errors)))
+    e, w = errors[idx].sum(axis=1), words[idx].sum(axis=1)
+    rates = np.divide(e, w, out=np.zeros(n), where=w > 0)
+    a = (1 - level) / 2
+    return float(np.quantile(rates, a)), float(np.quantile(rates, 1 - a))
+
+
+def summarize(utts: list[UttScore], n_boot: int = 1000, seed: int = 0, top: int = 10) -> Scores:
+    """Corpus WER/CER, the interval, breakdowns by every field, the most frequent confusions."""
+    errors = np.array([u.errors for u in utts], dtype=np.int64)
+    words = np.array([u.words for u in utts], dtype=np.int64)
+    low, high = bootstrap_ci(errors, words, n_boot, seed)
+    groups: dict[str, dict[str, list[UttScore]]] = defaultdict(lambda: defaultdict(list))
+    for u in utts:
+        for k, v in u.fields.items():
+            groups[k][v].append(u)
+    breakdown = {
+        k: {
+            v: {
+                "wer": _rate(np.array([x.errors for x in us]), np.array([x.words for x in us])),
+                "n_utterances": len(us),
+                "words": sum(x.words for x in us),
+            }
+            for v, us in sorted(vals.items())
+        }
+        for k, vals in groups.items()
+    }
+    return Scores(
+        wer=_rate(errors, words),
+        cer=_rate(np.array([u.char_errors for u in utts]), np.array([u.chars for u in utts])),
+        ci_low=low,
+        ci_high=high,
+        substitutions=sum(u.subs for u in utts),
+        deletions=sum(u.dels for u in utts),
+        insertions=sum(u.ins for u in utts),
+        words=int(words.sum()),
+        n_utterances=len(utts),
+        breakdown=breakdown,
+        confusions=confusions(utts, top),
+    )
+
+
+def confusions(utts: list[UttScore], top: int = 10) -> list[dict]:
+    """The most frequent word errors: substitutions (ref -> hyp), deletions, insertions."""
+    counts: Counter = Counter()
+    for u in utts:
+        if not u.ref or u.errors == 0:
+            continue
+        out = jiwer.process_words(u.ref, u.hyp)
+        ref, hyp = out.references[0], out.hypotheses[0]
+        for chunk in out.alignments[0]:
+            if chunk.type == "substitute":
+                for i, j in zip(
+                    range(chunk.ref_start_idx, chunk.ref_end_idx),
+                    range(chunk.hyp_start_idx, chunk.hyp_end_idx),
+                ):
+                    counts[(ref[i], hyp[j])] += 1
+            elif chunk.type == "delete":
+                for i in range(chunk.ref_start_idx, chunk.ref_end_idx):
+                    counts[(ref[i], "")] += 1
+            elif chunk.type == "insert":
+                for j in range(chunk.hyp_start_idx, chunk.hyp_end_idx):
+                    counts[("", hyp[j])] += 1
+    return [{"ref": r, "hyp": h, "count": n} for (r, h), n in counts.most_common(top)]
+
+
+@dataclass
+class Comparison:
+    """B against A on the utterances both scored: WER difference (B - A) and its interval."""
+
+    wer_a: float
+    wer_b: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_utterances: int
+
+    @property
+    def significant(self) -> bool:
+        """The 95% interval of the difference excludes zero."""
+        return self.ci_low > 0 or self.ci_high < 0
+
+
+def paired_bootstrap(
+    a: dict[str, tuple[int, int]],
+    b: dict[str, tuple[int, int]],
+    n: int = 1000,
+    seed: int = 0,
+) -> Comparison:
+    """Paired bootstrap over shared utterance ids; a/b: id -> (errors, words)."""
+    ids = sorted(set(a) & set(b))
+    if not ids:
+        raise ValueError("the two runs share no utterances")
+    ea = np.array([a[i][0] for i in ids], dtype=np.float64)
+    eb = np.array([b[i][0] for i in ids], dtype=np.float64)
+    w = np.array([a[i][1] for i in ids], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(ids), size=(n, len(ids)))
+    ws = w[idx].sum(axis=1)
+    diffs = np.divide(eb[idx].sum(axis=1) - ea[idx].sum(axis=1), ws, out=np.zeros(n), where=ws > 0)
+    wa, wb = _rate(ea, w), _rate(eb, w)
+    # two-sided: how often the resampled difference falls on the other side of zero
+    p = 2 * min(float((diffs <= 0).mean()), float((diffs >= 0).mean()))
+    return Comparison(
+        wer_a=wa,
+        wer_b=wb,
+        diff=wb - wa,
+        ci_low=float(np.quantile(diffs, 0.025)),
+        ci_high=float(np.quantile(diffs, 0.975)),
+        p_value=min(1.0, p),
+        n_utterances=len(ids),
+    )

@@ -1,0 +1,150 @@
+"""Test sets: utterances with reference text and audio, from a segments manifest (audio cut
+from its recordings), a shard folder (`asr shard`), or a CSV catalogue of utterance files."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from asr.audio import SAMPLE_RATE, SpanCutter, load, stream
+from asr.bench.config import TestSetSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Utterance:
+    """One scored item: its id, reference, language, duration and fields for breakdowns."""
+
+    id: str
+    ref: str
+    language: str | None
+    duration: float
+    fields: dict = field(default_factory=dict)
+    audio: np.ndarray | None = None
+
+
+def utterances(ts: TestSetSpec, with_audio: bool = True) -> Iterator[Utterance]:
+    """The test set's utterances in a fixed order (audio decoded only if asked)."""
+    src = Path(ts.manifest)
+    if (src / "shards.json").is_file():
+        items = _from_shards(ts, src, with_audio)
+    elif src.suffix.lower() == ".csv":
+        items = _from_csv(ts, src, with_audio)
+    elif src.name.endswith((".jsonl", ".jsonl.gz")):
+        items = _from_segments(ts, src, with_audio)
+    else:
+        raise ValueError(f"{src}: a test set is a segments .jsonl, a shard folder or a .csv")
+    n = 0
+    for u in items:
+        if u.duration > ts.max_seconds:
+            log.warning("%s: %s is %.1f s (> %.0f s); left out", ts.name, u.id, u.duration, 30)
+            continue
+        if not u.language:
+            u.language = ts.language
+        yield u
+        n += 1
+        if ts.max_utterances and n >= ts.max_utterances:
+            break
+
+
+def dataset_hash(items: list[Utterance]) -> str:
+    """sha256 of ids, references and durations: what makes two runs comparable."""
+    h = hashlib.sha256()
+    for u in items:
+        h.update(f"{u.id}\t{u.ref}\t{u.duration:.3f}\n".encode())
+    return h.hexdigest()
+
+
+def _from_shards(ts: TestSetSpec, src: Path, with_audio: bool) -> Iterator[Utterance]:
+    import webdataset as wds
+
+    from asr.shards import shard_paths
+
+    urls = shard_paths(src, ts.split)
+    if not urls:
+        raise ValueError(f"{src}/shards.json: the '{ts.split}' split has no shards")
+    ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None)
+    for s in ds:
+        key = s["__key__"]
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"{s.get('__url__')}: refusing tar member '{key}' (unsafe path)")
+        meta = json.loads(s["json"])
+        audio = None
+        if with_audio:
+            audio, _ = sf.read(io.BytesIO(s["flac"]), dtype="float32")
+        yield Utterance(
+            meta.get("id", key),
+            meta.get("text") or "",
+            meta.get("language"),
+            float(meta.get("duration", 0.0)),
+            meta,
+            audio,
+        )
+
+
+def _from_csv(ts: TestSetSpec, src: Path, with_audio: bool) -> Iterator[Utterance]:
+    with open(src, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if rows and ("path" not in rows[0] or ts.text_column not in rows[0]):
+        raise ValueError(f"{src}: needs columns path and {ts.text_column}")
+    for i, row in enumerate(rows, start=2):
+        if any(str(row.get(k)) != str(v) for k, v in ts.where.items()):
+            continue
+        path = src.parent / row["path"]
+        duration = float(row.get("duration_s") or row.get("duration") or 0.0)
+        audio = None
+        if with_audio:
+            try:
+                audio = load(path)
+            except Exception as e:  # one unreadable file does not stop the benchmark
+                log.warning("%s:%d: %s: left out (%s)", src, i, path, e)
+                continue
+            duration = audio.size / SAMPLE_RATE
+        yield Utterance(
+            row["path"], row[ts.text_column] or "", row.get("language"), duration, row, audio
+        )
+
+
+def _from_segments(ts: TestSetSpec, src: Path, with_audio: bool) -> Iterator[Utterance]:
+    from asr.manifest import read_recordings, read_segments
+
+    segs = list(read_segments(src))
+    if not with_audio:
+        for s in segs:
+            yield Utterance(s.id, s.text, s.language, s.duration, _seg_fields(s, None))
+        return
+    recs = {r.id: r for r in read_recordings(src.with_name("recordings.jsonl"))}
+    by_rec: dict[str, list] = defaultdict(list)
+    for s in segs:
+        by_rec[s.recording_id].append(s)
+    # recording by recording (each decoded once, in one pass), so memory holds one at most
+    for rid, group in by_rec.items():
+        rec = recs.get(rid)
+        if rec is None:
+            raise ValueError(f"{src}: recording {rid} is not in recordings.jsonl beside it")
+        group.sort(key=lambda s: s.start)
+        cutter = SpanCutter([(s.start, s.end) for s in group])
+        blocks = stream(rec.path, SAMPLE_RATE, block_seconds=30.0)
+        for block in itertools.chain(blocks, [None]):
+            for i, audio in cutter.feed(block):
+                s = group[i]
+                yield Utterance(s.id, s.text, s.language, s.duration, _seg_fields(s, rec), audio)
+
+
+def _seg_fields(s, rec) -> dict:
+    fields = {"speaker": s.speaker, "language": s.language, **(s.metadata or {})}
+    if rec is not None:
+        fields.update(collection=rec.collection, date=rec.date, title=rec.title)
+    return fields
