@@ -157,6 +157,10 @@ def main() -> None:
     parser.add_argument("--recordings", type=int, default=3, help="constructed recordings")
     parser.add_argument("--minutes", type=float, default=4.0, help="length of each")
     parser.add_argument("--no-longform", action="store_true", help="skip the real long recordings")
+    parser.add_argument(
+        "--ctc-model",
+        help="also refine with this wav2vec2 CTC model (hub id or folder; asr align --ctc-model)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
@@ -183,7 +187,9 @@ def main() -> None:
                     w.writerow([r["path"], str(REALSPEECH / r["path"]), r["language"], "", text])
         ingest([], work, IngestOptions(catalogue=work / "catalogue.csv", progress=False))
         res = align(
-            work / "recordings.jsonl", work / "aligned.jsonl", AlignOptions(model=args.model)
+            work / "recordings.jsonl",
+            work / "aligned.jsonl",
+            AlignOptions(model=args.model, ctc_model=args.ctc_model),
         )
         report = json.loads(res.report.read_text())
         by_rec: dict[str, list[dict]] = {}

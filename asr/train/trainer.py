@@ -88,6 +88,13 @@ def train(
     train_urls = split_shards(shard_dir, recipe.data.train_split)
     dev_urls = split_shards(shard_dir, recipe.data.dev_split)
     t = recipe.train
+    # accelerate keeps its settings process-wide; a second train() in the same process (a
+    # notebook, the tests) with other settings (bf16 after fp32) must start from a clean state.
+    # The distributed part (PartialState: process group, device) is kept.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     acc = Accelerator(
         mixed_precision=t.mixed_precision,
         cpu=t.cpu,
