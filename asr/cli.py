@@ -612,7 +612,17 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if r.failures else EXIT_OK
 
 
+def _need_train_extra(what: str) -> None:
+    """A clear message (exit 1) where torch/transformers are missing, not a traceback."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"{what} needs {' and '.join(missing)}: pip install 'archive-asr[train]'")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    _need_train_extra("asr train")
     from asr.train.recipe import load_recipe
     from asr.train.trainer import TrainOptions, train
 
@@ -639,6 +649,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    _need_train_extra("asr export")
     from asr.export import ExportError, ExportOptions, export
 
     opts = ExportOptions(
@@ -782,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted: re-run the same command to continue where it stopped")
         return 130
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except (ValueError, FileNotFoundError, OSError, ImportError) as e:
         log.error("%s", e)
         return EXIT_ERROR
 
