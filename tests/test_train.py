@@ -279,3 +279,14 @@ def test_bf16_and_early_stopping(train_shards, tmp_path):
     evals = [x for x in _log(tmp_path) if "dev_wer" in x]
     assert len(evals) == 2 and all(e["dev_samples"] == 6 for e in evals)
     assert json.loads((r.final / "archive_asr.json").read_text())["best_step"] == 2
+
+
+def test_without_the_train_extra_the_message_says_what_to_install(tmp_path):
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # as if torch were not installed
+        "from asr.cli import main\n"
+        f"sys.exit(main(['export', {str(tmp_path)!r}, '--out', {str(tmp_path / 'x')!r}]))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 1
+    assert "pip install 'archive-asr[train]'" in p.stderr and "Traceback" not in p.stderr
