@@ -95,11 +95,18 @@ def train(
 
     AcceleratorState._reset_state()
     GradientState._reset_state()
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
     acc = Accelerator(
         mixed_precision=t.mixed_precision,
         cpu=t.cpu,
         log_with="tensorboard",
         project_dir=str(run_dir),
+        # the main process evaluates alone while the others wait in a collective: give a large
+        # dev set time (the default NCCL timeout can be 10 minutes)
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=2))],
     )
     main = acc.is_main_process
     run_dir.mkdir(parents=True, exist_ok=True)
