@@ -15,7 +15,6 @@ span agree (character error rate at most `max_cer`).
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,7 @@ import jiwer
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from asr.audio import SAMPLE_RATE, SpanCutter, stream
+from asr.audio import cut_spans, stream
 from asr.engine.models import ModelNotFoundError, resolve_model
 from asr.engine.transcribe import Job, TranscribeOptions, Transcriber, output_key
 from asr.engine.whisper import DecodeOptions
@@ -362,7 +361,6 @@ def refine(
         if k + 1 < len(segs):
             hi = min(hi, segs[k + 1].start)
         windows.append((lo, hi))
-    cutter = SpanCutter(windows)
     kept: list[Segment] = []
     prev_end = 0.0
 
@@ -370,26 +368,24 @@ def refine(
         report["dropped"].append({"text": s.text[:120], "reason": reason})
         report["kept_words"] -= len((s.text_normalized or "").split())
 
-    blocks = stream(rec.path, SAMPLE_RATE, block_seconds=30.0)
-    for block in itertools.chain(blocks, [None]):
-        for i, audio in cutter.feed(block):
-            s, (lo, hi) = segs[i], windows[i]
-            al = aligner.align(audio, (s.text_normalized or "").split())
-            if al is None:
-                drop(s, "CTC alignment failed (more characters than the audio holds)")
-                continue
-            if opts.min_ctc_score is not None and al.score < opts.min_ctc_score:
-                drop(s, f"CTC score {al.score:.2f} < {opts.min_ctc_score}")
-                continue
-            start = max(lo, prev_end, lo + al.start - opts.pad)
-            end = min(hi, lo + al.end + opts.pad)
-            if end - start < opts.min_duration:
-                drop(s, f"shorter than {opts.min_duration} s after CTC alignment")
-                continue
-            s.start, s.end = round(start, 3), round(end, 3)
-            s.scores = {**s.scores, "ctc": round(al.score, 4)}
-            prev_end = s.end
-            kept.append(s)
+    for i, audio in cut_spans(rec.path, windows):
+        s, (lo, hi) = segs[i], windows[i]
+        al = aligner.align(audio, (s.text_normalized or "").split())
+        if al is None:
+            drop(s, "CTC alignment failed (more characters than the audio holds)")
+            continue
+        if opts.min_ctc_score is not None and al.score < opts.min_ctc_score:
+            drop(s, f"CTC score {al.score:.2f} < {opts.min_ctc_score}")
+            continue
+        start = max(lo, prev_end, lo + al.start - opts.pad)
+        end = min(hi, lo + al.end + opts.pad)
+        if end - start < opts.min_duration:
+            drop(s, f"shorter than {opts.min_duration} s after CTC alignment")
+            continue
+        s.start, s.end = round(start, 3), round(end, 3)
+        s.scores = {**s.scores, "ctc": round(al.score, 4)}
+        prev_end = s.end
+        kept.append(s)
     report["segments"] = len(kept)
     report["yield"] = round(report["kept_words"] / max(1, report["ref_words"]), 4)
     return kept

@@ -178,6 +178,17 @@ def load(
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
+def cut_spans(
+    path: str | os.PathLike, spans: list[tuple[float, float]]
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode a recording once; yield (index, audio) of each [start, end) span (seconds, sorted
+    by start) as the stream passes it: memory holds the longest span, not the recording."""
+    cutter = SpanCutter(spans)
+    for block in stream(path, SAMPLE_RATE, block_seconds=30.0):
+        yield from cutter.feed(block)
+    yield from cutter.feed(None)
+
+
 class SpanCutter:
     """Cut [start, end) spans, sorted by start, out of a stream of blocks in one pass.
 

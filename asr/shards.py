@@ -25,7 +25,7 @@ import numpy as np
 import soundfile as sf
 import webdataset as wds
 
-from asr.audio import SAMPLE_RATE, AudioError, SpanCutter, stream
+from asr.audio import SAMPLE_RATE, AudioError, cut_spans
 from asr.manifest import ErrorRecord, Recording, Segment, read_recordings, read_segments
 from asr.progress import bar as progress_bar
 from asr.rights import RightsPolicy
@@ -244,15 +244,8 @@ def shard(segments_path: Path, out_dir: Path, options: ShardOptions | None = Non
 def _cut(rec: Recording, segs: list[Segment]) -> Iterator[tuple[Segment, np.ndarray]]:
     """Decode a recording once and yield each segment's audio as the stream passes it."""
     segs = sorted(segs, key=lambda s: (s.start, s.end))
-    cutter = SpanCutter([(s.start, s.end) for s in segs])
-    for block in _blocks(rec):
-        for i, audio in cutter.feed(block):
-            yield segs[i], audio
-
-
-def _blocks(rec: Recording) -> Iterator[np.ndarray | None]:
-    yield from stream(rec.path, SAMPLE_RATE, block_seconds=30.0)
-    yield None
+    for i, audio in cut_spans(rec.path, [(s.start, s.end) for s in segs]):
+        yield segs[i], audio
 
 
 def _flac(audio: np.ndarray) -> bytes:
@@ -328,10 +321,56 @@ def shard_paths(shard_dir: str | os.PathLike, split: str) -> list[str]:
     return [str(shard_dir / s["name"]) for s in index["splits"][split]["shards"]]
 
 
-def _decode_sample(sample: dict) -> tuple[np.ndarray, dict]:
+def safe_key(sample: dict) -> str:
+    """A sample's key; ValueError for a tar member name that could escape a folder."""
     key = sample["__key__"]
     if os.path.isabs(key) or ".." in Path(key).parts:
         raise ValueError(f"{sample.get('__url__')}: refusing tar member '{key}' (unsafe path)")
+    return key
+
+
+@dataclass
+class RawSample:
+    """A sample as read from its tar: audio still FLAC-encoded, metadata parsed."""
+
+    key: str
+    shard: str
+    flac: bytes
+    meta: dict
+
+    @property
+    def duration(self) -> float:
+        return float(self.meta.get("duration") or 0.0)
+
+    def text(self, field: str) -> str:
+        value = self.meta.get(field)
+        if field == "text_normalized" and not value:
+            value = self.meta.get("text")
+        return value or ""
+
+    def audio(self) -> np.ndarray:
+        audio, sr = sf.read(io.BytesIO(self.flac), dtype="float32")
+        if sr != SAMPLE_RATE:
+            raise ValueError(f"{self.shard}: {self.key}: sample rate {sr}, expected {SAMPLE_RATE}")
+        return audio if audio.ndim == 1 else audio.mean(axis=1)
+
+
+def read_raw(urls: list[str]) -> Iterator[RawSample]:
+    """Samples of the tars in order, audio not decoded (training plans batches from the
+    durations first); refuses unsafe member names, skips samples lacking flac or json."""
+    ds = wds.WebDataset(
+        urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False
+    )
+    for s in ds:
+        key = safe_key(s)
+        if "flac" not in s or "json" not in s:
+            log.warning("%s: %s has no flac or json member; skipped", s.get("__url__"), key)
+            continue
+        yield RawSample(key, os.path.basename(s["__url__"]), s["flac"], json.loads(s["json"]))
+
+
+def _decode_sample(sample: dict) -> tuple[np.ndarray, dict]:
+    safe_key(sample)
     audio, sr = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
     meta = json.loads(sample["json"])
     meta["__key__"] = sample["__key__"]

@@ -7,6 +7,9 @@ the version is stored with every result, so that numbers are only compared like 
   utterance's language (num2words, as `asr align` does); option merge_compounds (Nordic
   languages write compounds as one word: a hypothesis that splits "sjukhus" into "sjuk hus",
   or joins what the reference splits, is not counted as two errors).
+- whisper-basic: Whisper's basic (multilingual) normaliser: lower case, punctuation and symbols
+  removed, diacritics kept, numbers left as written; what training's dev WER and the export
+  parity check use.
 - none: whitespace only.
 """
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-VERSIONS = {"whisper-english": "1", "multilingual": "1", "none": "1"}
+VERSIONS = {"whisper-english": "1", "whisper-basic": "1", "multilingual": "1", "none": "1"}
 
 
 @dataclass
@@ -36,7 +39,7 @@ def make_normalizer(spec: NormalizerSpec) -> Callable[[str, str | None], str]:
     """A function (text, language) -> normalised text."""
     if spec.name not in VERSIONS:
         raise ValueError(f"unknown normalizer {spec.name!r}; choose from {sorted(VERSIONS)}")
-    known = {"whisper-english": set(), "none": set(), "multilingual": {"merge_compounds"}}
+    known = {name: set() for name in VERSIONS} | {"multilingual": {"merge_compounds"}}
     unknown = set(spec.options) - known[spec.name]
     if unknown:
         raise ValueError(f"normalizer {spec.name}: unknown option(s) {sorted(unknown)}")
@@ -45,6 +48,11 @@ def make_normalizer(spec: NormalizerSpec) -> Callable[[str, str | None], str]:
 
         english = EnglishTextNormalizer()
         return lambda text, language=None: " ".join(english(text).split())
+    if spec.name == "whisper-basic":
+        from whisper_normalizer.basic import BasicTextNormalizer
+
+        basic = BasicTextNormalizer(remove_diacritics=False)
+        return lambda text, language=None: " ".join(basic(text).split())
     if spec.name == "none":
         return lambda text, language=None: " ".join(text.split())
     from asr.textnorm import normalise_plain

@@ -25,30 +25,19 @@ from asr.bench.testsets import Utterance, dataset_hash, utterances
 log = logging.getLogger(__name__)
 
 
-def _engine(model: ModelSpec):
-    from asr.engine.ctc import CtcEngine
-    from asr.engine.models import resolve_model
-    from asr.engine.whisper import WhisperEngine
-
-    o = model.options
-    device = o.get("device", "cpu")
-    info = resolve_model(model.path)
-    cls = CtcEngine if info.kind == "wav2vec2" else WhisperEngine
-    engine = cls(
-        str(info.path),
-        device=device,
-        compute_type=o.get("compute_type") or ("int8" if device == "cpu" else "float16"),
-        cpu_threads=o.get("cpu_threads", 0),
-    )
-    return info, engine
-
-
 def transcribe_all(model: ModelSpec, items: list[Utterance]) -> tuple[list[str], float, dict]:
     """Hypotheses for the utterances, the wall time after a warm-up batch, and model info."""
+    from asr.engine.models import load_engine, resolve_model
     from asr.engine.whisper import DecodeOptions, Window
 
-    info, engine = _engine(model)
     o = model.options
+    info = resolve_model(model.path)
+    engine = load_engine(
+        info,
+        device=o.get("device", "cpu"),
+        compute_type=o.get("compute_type"),
+        cpu_threads=o.get("cpu_threads", 0),
+    )
     decode = DecodeOptions(beam_size=o.get("beam_size", 5), word_timestamps=False)
     batch_size = o.get("batch_size", 8)
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
-import itertools
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
@@ -15,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from asr.audio import SAMPLE_RATE, SpanCutter, load, stream
+from asr.audio import SAMPLE_RATE, cut_spans, load
 from asr.bench.config import TestSetSpec
 
 log = logging.getLogger(__name__)
@@ -68,30 +64,15 @@ def dataset_hash(items: list[Utterance]) -> str:
 
 
 def _from_shards(ts: TestSetSpec, src: Path, with_audio: bool) -> Iterator[Utterance]:
-    import webdataset as wds
-
-    from asr.shards import shard_paths
+    from asr.shards import read_raw, shard_paths
 
     urls = shard_paths(src, ts.split)
     if not urls:
         raise ValueError(f"{src}/shards.json: the '{ts.split}' split has no shards")
-    ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None)
-    for s in ds:
-        key = s["__key__"]
-        if key.startswith("/") or ".." in key.split("/"):
-            raise ValueError(f"{s.get('__url__')}: refusing tar member '{key}' (unsafe path)")
-        meta = json.loads(s["json"])
-        audio = None
-        if with_audio:
-            audio, _ = sf.read(io.BytesIO(s["flac"]), dtype="float32")
-        yield Utterance(
-            meta.get("id", key),
-            meta.get("text") or "",
-            meta.get("language"),
-            float(meta.get("duration", 0.0)),
-            meta,
-            audio,
-        )
+    for s in read_raw(urls):
+        m = s.meta
+        audio = s.audio() if with_audio else None
+        yield Utterance(m.get("id", s.key), s.text("text"), m.get("language"), s.duration, m, audio)
 
 
 def _from_csv(ts: TestSetSpec, src: Path, with_audio: bool) -> Iterator[Utterance]:
@@ -129,18 +110,15 @@ def _from_segments(ts: TestSetSpec, src: Path, with_audio: bool) -> Iterator[Utt
     by_rec: dict[str, list] = defaultdict(list)
     for s in segs:
         by_rec[s.recording_id].append(s)
-    # recording by recording (each decoded once, in one pass), so memory holds one at most
+    # recording by recording, each decoded once in one pass: memory holds one segment at most
     for rid, group in by_rec.items():
         rec = recs.get(rid)
         if rec is None:
             raise ValueError(f"{src}: recording {rid} is not in recordings.jsonl beside it")
         group.sort(key=lambda s: s.start)
-        cutter = SpanCutter([(s.start, s.end) for s in group])
-        blocks = stream(rec.path, SAMPLE_RATE, block_seconds=30.0)
-        for block in itertools.chain(blocks, [None]):
-            for i, audio in cutter.feed(block):
-                s = group[i]
-                yield Utterance(s.id, s.text, s.language, s.duration, _seg_fields(s, rec), audio)
+        for i, audio in cut_spans(rec.path, [(s.start, s.end) for s in group]):
+            s = group[i]
+            yield Utterance(s.id, s.text, s.language, s.duration, _seg_fields(s, rec), audio)
 
 
 def _seg_fields(s, rec) -> dict:

@@ -106,6 +106,32 @@ def resolve_model(spec: str | os.PathLike | None, quantization: str = "float16")
     return ModelInfo(path=path, kind=_kind(path), name=name, sha256=_sha256(path / "model.bin"))
 
 
+def default_compute_type(device: str) -> str:
+    """int8 on the CPU, float16 on a GPU."""
+    return "int8" if device == "cpu" else "float16"
+
+
+def load_engine(
+    info: ModelInfo,
+    device: str = "cpu",
+    device_index: int | list[int] = 0,
+    compute_type: str | None = None,
+    cpu_threads: int = 0,
+):
+    """The engine for a resolved model: CtcEngine for wav2vec2, WhisperEngine for Whisper."""
+    from asr.engine.ctc import CtcEngine
+    from asr.engine.whisper import WhisperEngine
+
+    engine_class = CtcEngine if info.kind == "wav2vec2" else WhisperEngine
+    return engine_class(
+        str(info.path),
+        device=device,
+        device_index=device_index,
+        compute_type=compute_type or default_compute_type(device),
+        cpu_threads=cpu_threads,
+    )
+
+
 def _looks_like_hub_id(spec: str) -> bool:
     parts = spec.split("/")
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))

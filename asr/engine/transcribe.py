@@ -27,8 +27,8 @@ from asr import __version__
 from asr.audio import MEDIA_EXTENSIONS, SAMPLE_RATE, AudioError, stream
 from asr.engine.ctc import CtcEngine
 from asr.engine.jobs import DB_NAME, JobDB
-from asr.engine.models import ModelInfo, resolve_model
-from asr.engine.whisper import WINDOW_S, DecodeOptions, PartResult, WhisperEngine, Window
+from asr.engine.models import ModelInfo, default_compute_type, load_engine, resolve_model
+from asr.engine.whisper import WINDOW_S, DecodeOptions, PartResult, Window
 from asr.manifest import read_recordings
 from asr.outputs import EXTENSIONS, Transcript, TranscriptSegment, Word, write_outputs
 from asr.progress import bar as progress_bar
@@ -65,7 +65,7 @@ class TranscribeOptions:
     progress: bool | None = None
 
     def resolved_compute_type(self) -> str:
-        return self.compute_type or ("int8" if self.device == "cpu" else "float16")
+        return self.compute_type or default_compute_type(self.device)
 
 
 @dataclass
@@ -253,9 +253,8 @@ class Transcriber:
         SileroVad(opts.vad.vad_model)  # a missing VAD model fails here, not in a worker
         self._solo = set()  # chunks to decode alone: they were skipped in a packed window
         self.repacked = 0
-        engine_class = CtcEngine if self.model.kind == "wav2vec2" else WhisperEngine
-        self.engine = engine_class(
-            str(self.model.path),
+        self.engine = load_engine(
+            self.model,
             device=opts.device,
             device_index=list(opts.device_index),
             compute_type=opts.resolved_compute_type(),

@@ -19,51 +19,19 @@ a pure function of (seed, epoch, process, worker, batch index):
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
 import torch
-import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from asr.shards import shard_paths
+from asr.shards import RawSample, read_raw, shard_paths
 from asr.train.recipe import DataSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RawSample:
-    """A sample as read from its tar: audio still FLAC-encoded, metadata parsed."""
-
-    key: str
-    shard: str
-    flac: bytes
-    meta: dict
-
-    @property
-    def duration(self) -> float:
-        return float(self.meta.get("duration") or 0.0)
-
-    def text(self, field: str) -> str:
-        value = self.meta.get(field)
-        if field == "text_normalized" and not value:
-            value = self.meta.get("text")
-        return value or ""
-
-    def audio(self) -> np.ndarray:
-        audio, sr = sf.read(io.BytesIO(self.flac), dtype="float32")
-        if sr != 16000:
-            raise ValueError(f"{self.shard}: {self.key}: sample rate {sr}, expected 16000")
-        return audio if audio.ndim == 1 else audio.mean(axis=1)
 
 
 def split_shards(shard_dir: str | os.PathLike, split: str) -> list[str]:
@@ -75,21 +43,6 @@ def split_shards(shard_dir: str | os.PathLike, split: str) -> list[str]:
     if not urls:
         raise ValueError(f"{index}: the '{split}' split has no shards")
     return urls
-
-
-def read_raw(urls: list[str]) -> Iterator[RawSample]:
-    """Samples of the tars in order; refuses member names that could escape a folder."""
-    ds = wds.WebDataset(
-        urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False
-    )
-    for s in ds:
-        key = s["__key__"]
-        if os.path.isabs(key) or ".." in Path(key).parts:
-            raise ValueError(f"{s.get('__url__')}: refusing tar member '{key}' (unsafe path)")
-        if "flac" not in s or "json" not in s:
-            log.warning("%s: %s has no flac or json member; skipped", s.get("__url__"), key)
-            continue
-        yield RawSample(key, os.path.basename(s["__url__"]), s["flac"], json.loads(s["json"]))
 
 
 def bucket(

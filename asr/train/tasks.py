@@ -60,12 +60,7 @@ class WhisperTask:
         self.recipe, self.model, self.processor = recipe, model, processor
         tok = processor.tokenizer
         self.tok = tok
-        self.sot = tok.convert_tokens_to_ids("<|startoftranscript|>")
         self.eot = tok.convert_tokens_to_ids("<|endoftext|>")
-        self.no_ts = tok.convert_tokens_to_ids("<|notimestamps|>")
-        self.task_id = tok.convert_tokens_to_ids(f"<|{recipe.model.task}|>")
-        unk = tok.unk_token_id
-        self.multilingual = tok.convert_tokens_to_ids("<|de|>") not in (None, unk)
 
     # --- building ---------------------------------------------------------------------
     @classmethod
@@ -113,14 +108,8 @@ class WhisperTask:
 
     # --- data ---------------------------------------------------------------------------
     def prompt(self, language: str | None) -> list[int]:
-        ids = [self.sot]
-        if self.multilingual:
-            lang = self.recipe.model.language or language or "en"
-            lang_id = self.tok.convert_tokens_to_ids(f"<|{lang}|>")
-            if lang_id in (None, self.tok.unk_token_id):
-                raise ValueError(f"language '{lang}' unknown to the Whisper tokenizer")
-            ids += [lang_id, self.task_id]
-        return ids + [self.no_ts]
+        m = self.recipe.model
+        return whisper_prompt(self.tok, m.language or language, m.task)
 
     def prepare(self, s: RawSample) -> dict | None:
         text = s.text(self.recipe.data.text_field).strip()
@@ -167,6 +156,18 @@ class WhisperTask:
     def save(self, model, out: Path) -> None:
         model.save_pretrained(out, safe_serialization=True)
         self.processor.save_pretrained(out)
+
+
+def whisper_prompt(tok, language: str | None, task: str = "transcribe") -> list[int]:
+    """Start of transcript, language and task (multilingual models), no timestamps."""
+    ids = tok.convert_tokens_to_ids
+    prompt = [ids("<|startoftranscript|>")]
+    if ids("<|de|>") not in (None, tok.unk_token_id):  # a multilingual tokenizer
+        lang_id = ids(f"<|{language or 'en'}|>")
+        if lang_id in (None, tok.unk_token_id):
+            raise ValueError(f"language '{language}' unknown to the Whisper tokenizer")
+        prompt += [lang_id, ids(f"<|{task}|>")]
+    return prompt + [ids("<|notimestamps|>")]
 
 
 def whisper_tokenizer(source: str):

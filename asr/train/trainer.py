@@ -315,17 +315,17 @@ def _evaluate(acc, task, model, recipe, dev_urls, run_dir, state, result) -> boo
 
 
 def dev_error_rates(refs: list[str], hyps: list[str]) -> tuple[float, float]:
-    """WER and CER after Whisper's basic (multilingual, diacritics kept) normalisation."""
-    import jiwer
-    from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+    """Corpus WER and CER after Whisper's basic (multilingual, diacritics kept) normaliser;
+    utterances whose reference normalises to nothing are left out."""
+    from asr.bench.normalize import NormalizerSpec
+    from asr.bench.scoring import score_pairs
 
-    norm = BasicTextNormalizer()
-    pairs = [(norm(r).strip(), norm(h).strip()) for r, h in zip(refs, hyps)]
-    pairs = [(r, h) for r, h in pairs if r]
-    if not pairs:
+    rows = [{"id": str(i), "ref": r, "hyp": h} for i, (r, h) in enumerate(zip(refs, hyps))]
+    utts = [u for u in score_pairs(rows, NormalizerSpec("whisper-basic")) if u.words]
+    if not utts:
         return 0.0, 0.0
-    r, h = [p[0] for p in pairs], [p[1] for p in pairs]
-    return jiwer.wer(r, h), jiwer.cer(r, h)
+    wer = sum(u.errors for u in utts) / sum(u.words for u in utts)
+    return wer, sum(u.char_errors for u in utts) / sum(u.chars for u in utts)
 
 
 # --- checkpoints -------------------------------------------------------------------------
