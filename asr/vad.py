@@ -262,8 +262,8 @@ def stream_chunks(
             a = audio[
                 int(round((lo - offset) * SAMPLE_RATE)) : int(round((hi - offset) * SAMPLE_RATE))
             ]
-            if hi - lo >= opts.min_duration:
-                yield round(lo, 3), round(hi, 3), a
+            if hi - lo >= opts.min_duration:  # a copy: a view would keep the whole buffer
+                yield round(lo, 3), round(hi, 3), a.copy()
             emitted_end = hi
         if final:
             return
