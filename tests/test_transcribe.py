@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import jiwer
@@ -23,9 +24,10 @@ from lxml import etree
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from asr.audio import load
+from asr.engine import whisper as whisper_engine
 from asr.engine.jobs import DB_NAME
 from asr.engine.transcribe import TranscribeOptions, collect_jobs, output_key, transcribe
-from asr.engine.whisper import compression_ratio, has_loop
+from asr.engine.whisper import DecodeOptions, Window, compression_ratio, has_loop, max_tokens
 
 NORM = EnglishTextNormalizer()
 ENGLISH = [  # (path in the sample archive, how its transcript is given)
@@ -237,6 +239,61 @@ def test_packed_short_files_decode_as_well_as_one_by_one(realspeech, tmp_path):
         refs = [NORM(r["transcript"]) for r in rows]
         wers[pack] = jiwer.wer(refs, [NORM(h) for h in hyps])
     assert wers[True] < 0.15 and wers[True] <= wers[False] + 0.03, wers
+
+
+def test_short_contexts_and_parallel_batches_decode_like_one_30s_call(
+    realspeech, tmp_path, monkeypatch
+):
+    """Default: windows of little audio are encoded in a 20 s context, and two batches are in
+    the model at once; the text is as good as with 30 s windows one batch at a time."""
+    with open(realspeech / "catalogue.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["language"] == "en" and r["kind"] == "utterance"]
+    rows = rows[::6]
+    files = [str(realspeech / r["path"]) for r in rows]
+    refs = [NORM(r["transcript"]) for r in rows]
+    frames: list[int] = []
+    calls = {"now": 0, "most": 0}
+    encode, run = whisper_engine.WhisperEngine._encode, whisper_engine.WhisperEngine.transcribe
+
+    def counting_encode(self, feats):
+        frames.append(feats.shape[-1])
+        return encode(self, feats)
+
+    def counting_run(self, windows, opts):
+        calls["now"] += 1
+        calls["most"] = max(calls["most"], calls["now"])
+        try:
+            return run(self, windows, opts)
+        finally:
+            calls["now"] -= 1
+
+    monkeypatch.setattr(whisper_engine.WhisperEngine, "_encode", counting_encode)
+    monkeypatch.setattr(whisper_engine.WhisperEngine, "transcribe", counting_run)
+    wers = {}
+    for name, opts in {
+        "30s, one batch": _opts(decode=DecodeOptions(min_context=30), parallel=1),
+        "default": _opts(),
+    }.items():
+        frames.clear()
+        calls["most"] = 0
+        out = tmp_path / name.replace(" ", "_")
+        r = transcribe(files, out, replace(opts, formats=("json",), batch_size=2))
+        assert r.done == len(files)
+        hyps = [json.loads((out / f"{Path(p).stem}.json").read_text())["text"] for p in files]
+        wers[name] = jiwer.wer(refs, [NORM(h) for h in hyps])
+        if name == "default":
+            assert min(frames) == 2000 and calls["most"] == 2, (frames, calls)
+        else:
+            assert set(frames) == {3000} and calls["most"] == 1, (frames, calls)
+    assert wers["default"] < 0.15 and wers["default"] <= wers["30s, one batch"] + 0.03, wers
+
+
+def test_a_decoding_loop_is_bounded_by_the_audio_length():
+    w = Window("en")
+    w.add("a", np.zeros(3 * 16000, np.float32), 1.0)
+    assert max_tokens([w], 448) == 2 * (8 + 45) < 448
+    w.add("b", np.zeros(26 * 16000, np.float32), 1.0)
+    assert max_tokens([w], 448) == 448
 
 
 def test_long_recording_is_transcribed_end_to_end(realspeech, tmp_path):

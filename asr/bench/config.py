@@ -38,6 +38,7 @@ MODEL_OPTIONS = {
     "compute_type": str,
     "cpu_threads": int,
     "language": str,
+    "min_context": float,
 }
 
 

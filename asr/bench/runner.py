@@ -38,7 +38,11 @@ def transcribe_all(model: ModelSpec, items: list[Utterance]) -> tuple[list[str],
         compute_type=o.get("compute_type"),
         cpu_threads=o.get("cpu_threads", 0),
     )
-    decode = DecodeOptions(beam_size=o.get("beam_size", 5), word_timestamps=False)
+    decode = DecodeOptions(
+        beam_size=o.get("beam_size", 5),
+        word_timestamps=False,
+        min_context=float(o.get("min_context", DecodeOptions.min_context)),
+    )
     batch_size = o.get("batch_size", 8)
 
     def language(u: Utterance) -> str | None:

@@ -45,6 +45,7 @@ class CtcEngine:
         device_index: int | list[int] = 0,
         compute_type: str = "default",
         cpu_threads: int = 0,
+        num_workers: int = 1,
     ):
         path = Path(model_path)
         vocab = _read_json(path / "vocab.json")
@@ -71,6 +72,7 @@ class CtcEngine:
             device_index=device_index,
             compute_type=compute_type,
             intra_threads=cpu_threads,
+            inter_threads=num_workers,
         )
 
     def log_probs(self, audio: np.ndarray) -> np.ndarray:

@@ -117,8 +117,10 @@ def load_engine(
     device_index: int | list[int] = 0,
     compute_type: str | None = None,
     cpu_threads: int = 0,
+    num_workers: int = 1,
 ):
-    """The engine for a resolved model: CtcEngine for wav2vec2, WhisperEngine for Whisper."""
+    """The engine for a resolved model: CtcEngine for wav2vec2, WhisperEngine for Whisper.
+    num_workers model replicas share the weights, for calls from that many threads at once."""
     from asr.engine.ctc import CtcEngine
     from asr.engine.whisper import WhisperEngine
 
@@ -129,6 +131,7 @@ def load_engine(
         device_index=device_index,
         compute_type=compute_type or default_compute_type(device),
         cpu_threads=cpu_threads,
+        num_workers=num_workers,
     )
 
 

@@ -50,7 +50,8 @@ def replica_count(opts: TranscribeOptions, resources: dict) -> tuple[int, dict]:
         if gpus < 1:
             raise ValueError("--device cuda with --backend ray: the Ray cluster has no GPU")
         return gpus, {"num_gpus": 1, "num_cpus": 1}
-    per = max(1, opts.cpu_threads or 2)
+    # each replica runs `parallel` batches at once, on cpu_threads threads each (default 1)
+    per = max(1, opts.cpu_threads or 1) * opts.resolved_parallel()
     cpus = int(resources.get("CPU", 1))
     return max(1, cpus // per), {"num_cpus": min(per, cpus)}
 
@@ -72,6 +73,8 @@ def transcribe_ray(
     out_dir = Path(out_dir).resolve()
     if opts.device == "cuda":
         opts.device_index = (0,)  # Ray gives each replica its own GPU, visible as device 0
+    else:  # a replica uses the CPUs Ray gives it, not every core of its node
+        opts.cpu_threads = max(1, opts.cpu_threads)
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
 
