@@ -374,6 +374,12 @@ class Transcriber:
                 yield from self._finish_ready(pending)
                 yield from self._run_batches(chunks, pending, flush=False)
             yield from self._finish_ready(pending)
+            log.debug(
+                "%d chunk(s) skipped in packed windows decoded again alone; %d window(s) "
+                "decoded again in a 30 s context",
+                self.repacked,
+                getattr(self.engine, "full_context_retries", 0),
+            )
         finally:
             stop.set()
             for b in self._inflight:
