@@ -592,8 +592,10 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from asr.engine.transcribe import TranscribeOptions, transcribe
+    from asr.engine.transcribe import TranscribeOptions, limit_malloc_arenas, transcribe
     from asr.engine.whisper import DecodeOptions
+
+    limit_malloc_arenas()
 
     opts = TranscribeOptions(
         model=args.model,
