@@ -139,6 +139,32 @@ def test_bad_files_fail_with_their_reason_and_the_batch_goes_on(transcribed):
     assert not list(out.rglob("*.tmp"))
 
 
+def test_a_batch_that_fails_in_the_model_fails_only_its_recordings(
+    realspeech, tmp_path, monkeypatch
+):
+    """An error raised in a model thread fails the recordings of that batch, with the reason;
+    the other batches, in flight beside it, finish."""
+    with open(realspeech / "catalogue.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["path"].startswith("ljspeech_coqui/")][:6]
+    files = [str(realspeech / r["path"]) for r in rows]
+    doomed = Path(files[2]).stem
+    run = whisper_engine.WhisperEngine.transcribe
+
+    def failing(self, windows, opts):
+        if any(p.key[0] == doomed for w in windows for p in w.parts):
+            raise RuntimeError("simulated out of memory")
+        return run(self, windows, opts)
+
+    monkeypatch.setattr(whisper_engine.WhisperEngine, "transcribe", failing)
+    out = tmp_path / "out"
+    r = transcribe(files, out, _opts(pack=False, batch_size=2, formats=("json",)))
+    assert (r.done, r.failed) == (5, 1)
+    assert r.failures[0][0] == doomed and "simulated out of memory" in r.failures[0][2]
+    assert sorted(p.stem for p in out.glob("*.json")) == sorted(
+        Path(f).stem for f in files if Path(f).stem != doomed
+    )
+
+
 def test_rerun_skips_done_and_retries_failed_only_when_asked(holdings, transcribed, tmp_path):
     root, _ = holdings
     out = tmp_path / "out"
