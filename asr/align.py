@@ -368,17 +368,24 @@ def refine(
         report["dropped"].append({"text": s.text[:120], "reason": reason})
         report["kept_words"] -= len((s.text_normalized or "").split())
 
-    for i, audio in cut_spans(rec.path, windows):
+    # each window is cut with the aligner's context on both sides, for the model to hear
+    outer = [
+        (max(0.0, lo - aligner.context), min(rec.duration, hi + aligner.context))
+        for lo, hi in windows
+    ]
+    for i, audio in cut_spans(rec.path, outer):
         s, (lo, hi) = segs[i], windows[i]
-        al = aligner.align(audio, (s.text_normalized or "").split())
+        context = (lo - outer[i][0], outer[i][1] - hi)
+        al = aligner.align(audio, (s.text_normalized or "").split(), context)
         if al is None:
             drop(s, "CTC alignment failed (more characters than the audio holds)")
             continue
         if opts.min_ctc_score is not None and al.score < opts.min_ctc_score:
             drop(s, f"CTC score {al.score:.2f} < {opts.min_ctc_score}")
             continue
-        start = max(lo, prev_end, lo + al.start - opts.pad)
-        end = min(hi, lo + al.end + opts.pad)
+        # an edge moves where the model heard its character; else the anchor stays
+        start = s.start if al.start is None else max(lo, prev_end, lo + al.start - opts.pad)
+        end = s.end if al.end is None else min(hi, lo + al.end + opts.pad)
         if end - start < opts.min_duration:
             drop(s, f"shorter than {opts.min_duration} s after CTC alignment")
             continue

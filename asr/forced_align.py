@@ -3,9 +3,10 @@
 `asr align --ctc-model C` refines each segment that the Whisper anchoring kept: the segment's
 normalised text is force-aligned (torchaudio.functional.forced_align, the Viterbi path of the
 CTC model's emissions) inside a window around its anchored span, and the segment's start and
-end move to the first and last aligned character. The mean log-probability of the aligned
-characters is the segment's `ctc` score. C is a Hugging Face wav2vec2 CTC model (a hub id or a
-local folder, e.g. RUN_DIR/final from `asr train`); it runs on transformers (the `train` extra).
+end move to the first and last aligned character the model heard (see trusted_edges). The
+mean log-probability of the aligned characters is the segment's `ctc` score. C is a Hugging
+Face wav2vec2 CTC model (a hub id or a local folder, e.g. RUN_DIR/final from `asr train`); it
+runs on transformers (the `train` extra).
 
 Emissions are computed in chunks of `chunk_seconds` with `context_seconds` of audio on each
 side (frames of the context are dropped), so memory stays bounded whatever the window.
@@ -22,13 +23,17 @@ from asr.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
+EDGE_MIN_LOGPROB = -2.3  # p = 0.1
+EDGE_MAX_GAP = 0.4
+EDGE_MAX_SKIP = 3
+
 
 @dataclass
 class Alignment:
     """Where the text lies in the audio given (seconds from its start), and how well it fits."""
 
-    start: float
-    end: float
+    start: float | None  # None: no character the model heard well enough to rest an edge on
+    end: float | None
     score: float  # mean log-probability of the aligned characters
     words: list[tuple[str, float, float]]
 
@@ -104,8 +109,15 @@ class CtcAligner:
             ids.extend(chars)
         return ids, spans
 
-    def align(self, audio: np.ndarray, words: list[str]) -> Alignment | None:
-        """Force-align words to audio; None when the text cannot fit (too many characters)."""
+    def align(
+        self, audio: np.ndarray, words: list[str], context: tuple[float, float] = (0.0, 0.0)
+    ) -> Alignment | None:
+        """Force-align words to audio; None when the text cannot fit (too many characters).
+
+        context: seconds at each end of audio that only inform the model: the alignment lies
+        between them, and times count from the end of the first. Frames at an abrupt edge have
+        no context and can draw a weak model's characters (measured on espeak-ng speech: edges
+        pulled up to 1 s into the pause without it)."""
         import torch
         import torchaudio.functional as F
 
@@ -113,6 +125,9 @@ class CtcAligner:
         if not ids:
             return None
         lp = self.emissions(audio)
+        first = int(round(context[0] / self.frame_s))
+        last = lp.shape[0] - int(round(context[1] / self.frame_s))
+        lp = lp[first:last]
         repeats = sum(1 for a, b in zip(ids, ids[1:]) if a == b)
         if lp.shape[0] < len(ids) + repeats:
             return None
@@ -128,9 +143,34 @@ class CtcAligner:
         for w, (a, b) in zip(words, spans):
             if a >= 0:
                 timed.append((w, tokens[a].start * self.frame_s, tokens[b].end * self.frame_s))
+        a, b = trusted_edges(tokens, keep, self.frame_s)
         return Alignment(
-            start=tokens[keep[0]].start * self.frame_s,
-            end=tokens[keep[-1]].end * self.frame_s,
+            start=None if a is None else tokens[a].start * self.frame_s,
+            end=None if b is None else tokens[b].end * self.frame_s,
             score=score,
             words=timed,
         )
+
+
+def trusted_edges(tokens, keep: list[int], frame_s: float) -> tuple[int | None, int | None]:
+    """The characters (indexes into tokens, torchaudio TokenSpans) the segment's start and end
+    may rest on. Leading and trailing ones are passed over while the model hardly heard them
+    (log-probability under EDGE_MIN_LOGPROB: a silent letter, placed wherever costs least) or
+    they lie EDGE_MAX_GAP s from the next character in (a neighbour's sound); a side where more
+    than EDGE_MAX_SKIP would be passed over has no trusted edge (None: keep the anchor there).
+    Measured on espeak-ng speech with a weak model: such characters pulled edges up to 1 s into
+    pauses and into unaligned speech (benchmarks/align_accuracy.py --speech espeak)."""
+    max_gap = int(round(EDGE_MAX_GAP / frame_s))
+
+    def first(idx: list[int]) -> int | None:
+        for k in range(min(EDGE_MAX_SKIP + 1, len(idx))):
+            a = tokens[idx[k]]
+            if k + 1 == len(idx):
+                return idx[k] if float(a.score) >= EDGE_MIN_LOGPROB else None
+            b = tokens[idx[k + 1]]
+            gap = b.start - a.end if b.start >= a.end else a.start - b.end
+            if float(a.score) >= EDGE_MIN_LOGPROB and gap <= max_gap:
+                return idx[k]
+        return None
+
+    return first(keep), first(keep[::-1])

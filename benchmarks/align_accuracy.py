@@ -11,6 +11,12 @@ Last, the long recordings with untimed transcripts (English, German, Spanish): y
 between each kept segment's text and a fresh transcription of its audio.
 
     python benchmarks/align_accuracy.py [--model base] [--recordings 3] [--minutes 4]
+        [--ctc-model ID_OR_DIR] [--speech real|espeak]
+
+--speech espeak builds the recordings from sentences spoken by espeak-ng instead (random word
+sequences from the real transcripts' vocabulary, several voices and speeds; --seed picks them):
+where no CTC model for real speech can be loaded, one trained on espeak-ng speech
+(benchmarks/ctc_espeak.py) measures what `--ctc-model` refinement gains on such speech.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ import argparse
 import csv
 import json
 import logging
+import random
+import re
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -73,6 +82,45 @@ def utterances() -> list[Utterance]:
             if r["language"] == "en" and r["kind"] == "utterance" and r["path"].startswith(SOURCES)
         ]
     return [Utterance(r["transcript"].strip(), trim(load(REALSPEECH / r["path"]))) for r in rows]
+
+
+ESPEAK_VOICES = ("en-us", "en", "en-us+m3", "en+f2", "en-us+f4", "en+m7")
+
+
+def english_vocabulary() -> list[str]:
+    """The words of the real English transcripts: what espeak-ng sentences are made of."""
+    with open(REALSPEECH / "catalogue.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["language"] == "en" and r["kind"] == "utterance"]
+    words = {w for r in rows for w in re.findall(r"[a-z']+", r["transcript"].lower())}
+    return sorted(w for w in words if len(w) > 1 or w in ("a", "i"))
+
+
+def espeak_sentences(n: int, seed: int) -> list[tuple[str, str, int]]:
+    """n random sentences (text, voice, words per minute) of 5-14 words."""
+    rng = random.Random(seed)
+    words = english_vocabulary()
+    return [
+        (
+            " ".join(rng.choice(words) for _ in range(rng.randint(5, 14))),
+            rng.choice(ESPEAK_VOICES),
+            rng.randint(140, 200),
+        )
+        for _ in range(n)
+    ]
+
+
+def espeak(text: str, voice: str, wpm: int, path: Path) -> np.ndarray:
+    """espeak-ng's speech for text (argument list, no shell), as 16 kHz float32."""
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(path), text], check=True)
+    return load(path)
+
+
+def espeak_utterances(n: int, seed: int, work: Path) -> list[Utterance]:
+    work.mkdir(parents=True, exist_ok=True)
+    return [
+        Utterance(text, trim(espeak(text, voice, wpm, work / f"u{i}.wav")))
+        for i, (text, voice, wpm) in enumerate(espeak_sentences(n, seed))
+    ]
 
 
 def build_case(
@@ -161,12 +209,23 @@ def main() -> None:
         "--ctc-model",
         help="also refine with this wav2vec2 CTC model (hub id or folder; asr align --ctc-model)",
     )
+    parser.add_argument(
+        "--speech",
+        choices=["real", "espeak"],
+        default="real",
+        help="utterances the recordings are built from (espeak implies --no-longform)",
+    )
+    parser.add_argument("--seed", type=int, default=1000, help="espeak sentences' seed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
-    utts = utterances()
     with tempfile.TemporaryDirectory(prefix="asr-align-") as tmp:
         work = Path(tmp)
+        if args.speech == "espeak":
+            args.no_longform = True
+            utts = espeak_utterances(60, args.seed, work / "espeak")
+        else:
+            utts = utterances()
         cases = [
             build_case(utts, work, seed, args.minutes, variant)
             for seed in range(args.recordings)

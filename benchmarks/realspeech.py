@@ -36,3 +36,26 @@ def write_catalogue(realspeech: Path, out: Path) -> Path:
                 ]
             )
     return out
+
+
+def whole_recording_segments(recordings: Path, max_duration: float | None = None) -> list:
+    """One Segment per recording with a transcript: the whole recording, its text, and that
+    text lower-cased with punctuation taken out (training text for the recipes)."""
+    from asr.manifest import Segment, read_recordings
+
+    return [
+        Segment(
+            id=f"{r.id}_all",
+            recording_id=r.id,
+            start=0.0,
+            end=r.duration,
+            text=r.text,
+            text_normalized=" ".join(
+                "".join(c if c.isalnum() or c == "'" else " " for c in r.text.lower()).split()
+            ),
+            text_source="reference",
+            language=r.language,
+        )
+        for r in read_recordings(recordings)
+        if r.text and (max_duration is None or r.duration <= max_duration)
+    ]

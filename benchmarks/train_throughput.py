@@ -29,9 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from asr.ingest import IngestOptions, ingest  # noqa: E402
-from asr.manifest import Segment, read_recordings, write_manifest  # noqa: E402
+from asr.manifest import write_manifest  # noqa: E402
 from asr.shards import ShardOptions, shard  # noqa: E402
-from benchmarks.realspeech import REALSPEECH, write_catalogue  # noqa: E402
+from benchmarks.realspeech import (  # noqa: E402
+    REALSPEECH,
+    whole_recording_segments,
+    write_catalogue,
+)
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,22 +45,7 @@ def realspeech_shards(work: Path) -> Path:
     """The real utterances as one text segment each, sharded (train/dev split by recording)."""
     cat = write_catalogue(REALSPEECH, work / "catalogue.csv")
     ingest([], work, IngestOptions(catalogue=cat, workers=2, progress=False))
-    segments = [
-        Segment(
-            id=f"{r.id}_all",
-            recording_id=r.id,
-            start=0.0,
-            end=r.duration,
-            text=r.text,
-            text_normalized=" ".join(
-                "".join(c if c.isalnum() or c == "'" else " " for c in r.text.lower()).split()
-            ),
-            text_source="reference",
-            language=r.language,
-        )
-        for r in read_recordings(work / "recordings.jsonl")
-        if r.text and r.duration <= 30.0
-    ]
+    segments = whole_recording_segments(work / "recordings.jsonl", max_duration=30.0)
     write_manifest(work / "segments.jsonl", segments)
     shard(
         work / "segments.jsonl",

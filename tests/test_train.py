@@ -218,6 +218,24 @@ def test_align_refines_with_a_ctc_model(ctc_run, sample_manifests, tmp_path):
     assert sum("CTC score" in r for r in reasons) == plain.segments
 
 
+def test_ctc_edges_skip_unheard_and_stray_characters():
+    from torchaudio.functional import TokenSpan
+
+    from asr.forced_align import trusted_edges
+
+    def span(start, score):  # frames of 20 ms
+        return TokenSpan(token=3, start=start, end=start + 2, score=score)
+
+    # "n" heard 0.9 s before the rest of its word; a silent final "e" placed in the pause
+    tokens = [span(0, -0.01), span(45, -0.1), span(48, -0.2), span(51, -0.1), span(100, -4.0)]
+    assert trusted_edges(tokens, [0, 1, 2, 3, 4], 0.02) == (1, 3)
+    close = [span(0, -0.5), span(5, -0.3), span(9, -1.0)]
+    assert trusted_edges(close, [0, 1, 2], 0.02) == (0, 2)
+    # a model that heard nothing: no edge moves
+    unheard = [span(5 * k, -4.0) for k in range(8)]
+    assert trusted_edges(unheard, list(range(8)), 0.02) == (None, None)
+
+
 def test_ctc_words_collapse_repeats_and_time_words():
     labels = ["<pad>", "<unk>", "|", "a", "b"]
     path = [0, 3, 3, 0, 4, 2, 2, 0, 3, 0, 3, 0]  # "ab" then "aa" (a blank between the a's)
