@@ -295,7 +295,7 @@ class Transcriber:
             cpu_threads=opts.resolved_cpu_threads(),
             num_workers=self.parallel,
         )
-        self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="asr-model")
+        self._pool: ThreadPoolExecutor | None = None  # the model threads, during run()
         self._inflight: list[_Batch] = []
 
     def _language(self, job: Job) -> str | None:
@@ -332,6 +332,7 @@ class Transcriber:
         pending: dict[str, _Pending] = {}
         chunks: dict[str, list[tuple[tuple[str, int], float, np.ndarray]]] = {}
         exited = 0
+        self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="asr-model")
         try:
             while exited < n_workers or any(chunks.values()) or self._inflight:
                 msg = None
@@ -385,7 +386,7 @@ class Transcriber:
             stop.set()
             for b in self._inflight:
                 b.future.cancel()
-            wait([b.future for b in self._inflight])
+            self._pool.shutdown(wait=True)  # batches already in the model finish
             self._inflight.clear()
             for p in procs:
                 p.join(timeout=10)

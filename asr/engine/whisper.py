@@ -242,10 +242,11 @@ class WhisperEngine:
         shortened = context < WINDOW_S
         temperatures = opts.temperatures[:1] if shortened else opts.temperatures
         outputs = self._generate_with_fallback(feats, encoder_output, windows, opts, temperatures)
-        results: list[list[PartResult] | None] = []
+        # a window that looks wrong in a shortened context goes again in 30 s (None)
+        redo = [shortened and out["bad"] for out in outputs]
         segment_lists = []
-        for w, out in zip(windows, outputs):
-            if shortened and out["bad"]:
+        for w, out, again in zip(windows, outputs, redo):
+            if again:
                 segment_lists.append([])
                 continue
             tok = self.tokenizer(w.language, opts.task)
@@ -274,10 +275,10 @@ class WhisperEngine:
             segment_lists.append(segs)
         if opts.word_timestamps:
             self._add_words(feats, windows, segment_lists, encoder_output, context, opts)
-        for w, out, segs in zip(windows, outputs, segment_lists):
-            redo = shortened and out["bad"]
-            results.append(None if redo else self._split_to_parts(w, out, segs, opts))
-        return results
+        return [
+            None if again else self._split_to_parts(w, out, segs, opts)
+            for w, out, segs, again in zip(windows, outputs, segment_lists, redo)
+        ]
 
     def _generate_with_fallback(
         self,
