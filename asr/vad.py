@@ -56,6 +56,9 @@ class SegmentOptions:
     fill: bool = False
     """Fill segments up to max_duration (cut at the last pause that fits) instead of cutting
     at the longest pauses: what transcription wants, where a segment is one model window."""
+    max_pause: float | None = None
+    """A pause longer than this (s) always ends a segment of the streaming planner
+    (`ChunkPlanner`): stretches of non-speech stay out of what the model hears."""
     workers: int = 0
     progress: bool | None = None
 
@@ -232,57 +235,153 @@ def plan_segments(
     return segments
 
 
-def stream_chunks(
-    blocks: Iterable[np.ndarray], vad: SileroVad, opts: SegmentOptions, horizon: float = 90.0
-) -> Iterator[tuple[float, float, np.ndarray]]:
-    """Speech chunks (start s, end s, audio) of a stream, planned as `plan_segments` plans them
-    but while the stream goes on: one pass over the audio, and only about `horizon` seconds of
-    it in memory, whatever the recording's length.
+class ChunkPlanner:
+    """Speech chunks of a stream, planned in one pass: linear time, bounded memory.
 
-    Every `horizon` seconds the buffered stretch is planned; all its segments but the last (which
-    the audio still to come may extend) are emitted, and the buffer restarts where that last
-    one's speech starts.
+    Speech regions are found with the same hysteresis as `speech_regions` and grouped, in order,
+    into chunks of at most `max_duration` seconds: a group closes at the last pause that keeps
+    it within the limit, or at any pause longer than `max_pause` (so a long stretch of
+    non-speech is never inside a chunk). A region longer than the limit is cut at its least
+    speech-like window, as `plan_segments` cuts it. Chunks are disjoint and every speech frame
+    lies in exactly one; only the audio of the group being planned is held.
     """
-    buf: list[np.ndarray] = []  # audio from buf_start on
-    probs: list[np.ndarray] = []
-    buf_start = 0  # in samples, a multiple of WINDOW
-    emitted_end = 0.0
 
-    def plan(final: bool) -> Iterator[tuple[float, float, np.ndarray]]:
-        nonlocal buf, probs, buf_start, emitted_end
-        audio = np.concatenate(buf) if buf else np.zeros(0, np.float32)
-        p = np.concatenate(probs) if probs else np.zeros(0, np.float32)
-        offset = buf_start / SAMPLE_RATE
-        regions = speech_regions(p, opts)
-        spans = plan_segments(regions, p, audio.size / SAMPLE_RATE, opts)
-        keep = spans if final else spans[:-1]
-        for lo, hi in keep:
-            lo = max(lo + offset, emitted_end)
-            hi = hi + offset
-            a = audio[
-                int(round((lo - offset) * SAMPLE_RATE)) : int(round((hi - offset) * SAMPLE_RATE))
-            ]
-            if hi - lo >= opts.min_duration:  # a copy: a view would keep the whole buffer
-                yield round(lo, 3), round(hi, 3), a.copy()
-            emitted_end = hi
-        if final:
+    def __init__(self, opts: SegmentOptions):
+        self.opts = opts
+        self.neg = (
+            opts.neg_threshold
+            if opts.neg_threshold is not None
+            else max(opts.threshold - 0.15, 0.01)
+        )
+        self.min_silence = max(1, round(opts.min_silence / FRAME_S))
+        self.min_speech = round(opts.min_speech / FRAME_S)
+        self.limit = max(2, int((opts.max_duration - 2 * opts.pad) / FRAME_S))
+        self.max_pause = None if opts.max_pause is None else round(opts.max_pause / FRAME_S)
+        self.pad = int(round(opts.pad * SAMPLE_RATE))
+        self.frame = 0  # frames seen
+        self.start: int | None = None  # the open region's first frame
+        self.silent_since: int | None = None
+        self.cut_at: int | None = None  # the open region continues a region cut at this frame
+        self.group: list[tuple[int, int, bool, bool]] = []  # (start, end, cut before, cut after)
+        self.last_hi = 0  # end of the last chunk, in samples
+        self.audio = np.zeros(0, np.float32)  # samples from buf_start on
+        self.probs = np.zeros(0, np.float32)  # one per frame from buf_start // WINDOW on
+        self.buf_start = 0
+
+    def feed(
+        self, block: np.ndarray, probs: np.ndarray
+    ) -> Iterator[tuple[float, float, np.ndarray]]:
+        """Add a block (a whole number of windows) and its probabilities; yield finished chunks."""
+        self.audio = np.concatenate([self.audio, block]) if self.audio.size else block
+        self.probs = np.concatenate([self.probs, probs]) if self.probs.size else probs
+        thr, neg = self.opts.threshold, self.neg
+        for p in probs.tolist():
+            i = self.frame
+            self.frame += 1
+            if self.start is None:
+                if p >= thr:
+                    self.start, self.silent_since = i, None
+                    yield from self._close_group_before(i)
+            elif p < neg:
+                if self.silent_since is None:
+                    self.silent_since = i
+                elif i - self.silent_since + 1 >= self.min_silence:
+                    yield from self._region(self.start, self.silent_since)
+            elif p >= thr:
+                self.silent_since = None
+            if self.start is not None and self.frame - self.start > self.limit:
+                yield from self._cut_open_region()
+            elif self.group and self.start is None and self._group_is_closed(self.frame):
+                yield from self._emit(self.frame)
+        self._trim()
+
+    def finish(self) -> Iterator[tuple[float, float, np.ndarray]]:
+        """The end of the stream: the open region and the last group."""
+        if self.start is not None:
+            end = self.silent_since if self.silent_since is not None else self.frame
+            yield from self._region(self.start, end)
+        if self.group:
+            yield from self._emit()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _group_is_closed(self, frame: int) -> bool:
+        """Whether no region starting at `frame` could join the group."""
+        pause = frame - self.group[-1][1]
+        too_long = frame - self.group[0][0] >= self.limit
+        return too_long or (self.max_pause is not None and pause > self.max_pause)
+
+    def _close_group_before(self, frame: int) -> Iterator[tuple[float, float, np.ndarray]]:
+        if self.group and self._group_is_closed(frame):
+            yield from self._emit(frame)
+
+    def _region(self, s: int, e: int) -> Iterator[tuple[float, float, np.ndarray]]:
+        """A finished region [s, e) frames: joins the group, or closes it and starts the next."""
+        continued = self.cut_at is not None
+        self.start = self.silent_since = self.cut_at = None
+        if e - s < self.min_speech and not continued:
             return
-        if spans:  # restart at the last segment's first speech, less the padding
-            first = next(r for r in regions if r[1] * FRAME_S + opts.pad > spans[-1][0])
-            cut = max(0, int((first[0] * FRAME_S - opts.pad) * SAMPLE_RATE) // WINDOW * WINDOW)
-        else:  # no speech: keep only the last second, in case speech starts there
-            cut = max(0, (audio.size - SAMPLE_RATE) // WINDOW * WINDOW)
-        buf, probs = [audio[cut:]], [p[cut // WINDOW :]]
-        buf_start += cut
+        if self.group and e - self.group[0][0] > self.limit:
+            yield from self._emit(s)
+        self.group.append((s, e, continued, False))
 
-    n = 0
-    for block, p in vad.iter_probabilities(blocks):
-        buf.append(block)
-        probs.append(p)
-        n += block.size
-        if n - buf_start >= horizon * SAMPLE_RATE:
-            yield from plan(final=False)
-    yield from plan(final=True)
+    def _cut_open_region(self) -> Iterator[tuple[float, float, np.ndarray]]:
+        """The open region outgrew the limit: close the group before it, then cut it at its
+        least speech-like window (at least a quarter of the limit in) and emit the first part."""
+        s = self.start
+        if self.group:
+            yield from self._emit(s)
+        margin = max(1, self.limit // 4)
+        lo = s + margin - self.buf_start // WINDOW
+        hi = s + self.limit - self.buf_start // WINDOW
+        cut = s + margin + int(np.argmin(self.probs[lo:hi]))
+        self.group.append((s, cut, self.cut_at is not None, True))
+        yield from self._emit(cut)
+        self.start, self.cut_at = cut, cut
+        if self.silent_since is not None and self.silent_since < cut:
+            self.silent_since = cut
+
+    def _emit(self, next_start: int | None = None) -> Iterator[tuple[float, float, np.ndarray]]:
+        """The group as one chunk: padded (not at a cut inside speech), never overlapping the
+        chunk before it, nor reaching the next speech (`next_start`) or past the stream."""
+        s, _, cut_before, _ = self.group[0]
+        _, e, _, cut_after = self.group[-1]
+        self.group = []
+        lo = s * WINDOW - (0 if cut_before else self.pad)
+        hi = e * WINDOW + (0 if cut_after else self.pad)
+        lo = max(lo, self.last_hi, 0)
+        hi = min(hi, self.buf_start + self.audio.size)
+        if next_start is not None:
+            hi = min(hi, next_start * WINDOW)
+        self.last_hi = hi
+        if hi - lo >= self.opts.min_duration * SAMPLE_RATE:
+            audio = self.audio[lo - self.buf_start : hi - self.buf_start].copy()
+            yield lo / SAMPLE_RATE, hi / SAMPLE_RATE, audio
+
+    def _trim(self) -> None:
+        """Drop the audio no chunk can need any more (before the group, open region or pad)."""
+        firsts = [self.frame]
+        if self.group:
+            firsts.append(self.group[0][0])
+        if self.start is not None:
+            firsts.append(self.start)
+        keep = max(min(firsts) * WINDOW - self.pad, self.last_hi, self.buf_start)
+        keep = keep // WINDOW * WINDOW
+        drop = keep - self.buf_start
+        if drop > 0:
+            self.audio = self.audio[drop:]
+            self.probs = self.probs[drop // WINDOW :]
+            self.buf_start = keep
+
+
+def stream_chunks(
+    blocks: Iterable[np.ndarray], vad: SileroVad, opts: SegmentOptions
+) -> Iterator[tuple[float, float, np.ndarray]]:
+    """Speech chunks (start s, end s, audio) of a stream of 16 kHz blocks: see ChunkPlanner."""
+    planner = ChunkPlanner(opts)
+    for block, probs in vad.iter_probabilities(blocks):
+        yield from planner.feed(block, probs)
+    yield from planner.finish()
 
 
 @dataclass

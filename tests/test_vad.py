@@ -165,18 +165,18 @@ def test_segment_reports_a_file_gone_since_ingest(sample_manifests, tmp_path):
 
 
 def test_stream_chunks_plans_while_streaming(speech_file):
-    """One pass, a short horizon: the chunks still hold every sentence whole, in order."""
+    """One pass, in small blocks: the chunks still hold every sentence whole, in order."""
     from asr.vad import stream_chunks
 
     path, spans = speech_file
     opts = SegmentOptions(max_duration=9.0, fill=True)
     full = np.concatenate(list(stream(path)))
-    for horizon in (1000.0, 7.0):
-        chunks = list(stream_chunks(stream(path, block_seconds=1.0), SileroVad(), opts, horizon))
+    for block_seconds in (1.0, 7.0):
+        chunks = list(stream_chunks(stream(path, block_seconds=block_seconds), SileroVad(), opts))
         assert all(e - s <= 9.0 + 1e-6 for s, e, _ in chunks)
         assert all(a[1] <= b[0] for a, b in zip(chunks, chunks[1:])), "chunks overlap"
         for s, e, audio in chunks:
             assert abs(audio.size - (e - s) * 16000) <= 2
             np.testing.assert_array_equal(audio[:100], full[round(s * 16000) :][:100])
         for ts, te in spans:
-            assert any(s <= ts and te <= e for s, e, _ in chunks), (horizon, ts, te, chunks)
+            assert any(s <= ts and te <= e for s, e, _ in chunks), (block_seconds, ts, te, chunks)
