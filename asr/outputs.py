@@ -54,6 +54,7 @@ class TranscriptSegment:
     compression_ratio: float | None = None
     words: list[Word] = field(default_factory=list)
     speaker: str | None = None
+    language: str | None = None
 
 
 @dataclass
@@ -278,7 +279,8 @@ def _application(parent: ET.Element, ident: str, version: Any, desc: str) -> Non
 
 def _model_description(t: Transcript) -> str:
     model = t.model or {}
-    parts = [f"Automatic speech recognition with the Whisper model {model.get('id', 'unknown')}"]
+    name = model.get("name") or model.get("id") or "unknown"
+    parts = [f"Automatic speech recognition with the model {name}"]
     if model.get("sha256"):
         parts.append(f" (sha256 {model['sha256']})")
     if t.software.get("ctranslate2"):
@@ -370,6 +372,8 @@ def tei_tree(transcript: Transcript) -> ET.Element:
         u.set(f"{{{XML_NS}}}id", f"U{n}")
         if s.speaker is not None:
             u.set("who", f"#{speakers[s.speaker]}")
+        if s.language and s.language != t.language:  # a stretch in another language
+            u.set(f"{{{XML_NS}}}lang", _x(s.language))
         words = [w for w in s.words if _clean(w.word)]
         if not words:
             u.text = _x(_clean(s.text))

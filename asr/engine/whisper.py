@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 WINDOW_S = 30.0
 ALIGN_BATCH = 2
 ENCODE_BATCH = 1
+LANGUAGE_SWITCH = 0.7
+"""A window whose language was not given is decoded in another language than its recording's
+when the model gives that language at least this probability on the window itself."""
 
 
 @dataclass
@@ -76,12 +79,16 @@ class Part:
 
 @dataclass
 class Window:
-    """Up to 30 s of audio holding one or more chunks, all in one language."""
+    """Up to 30 s of audio holding one or more chunks of one recording, in one language.
+
+    With `detect`, the language is the recording's detected one, and the model may find
+    another on this window's own audio (a recording that changes language)."""
 
     language: str
     parts: list[Part] = field(default_factory=list)
     audio: list[np.ndarray] = field(default_factory=list)
     length: float = 0.0
+    detect: bool = False
 
     def fits(self, duration: float, gap: float, limit: float) -> bool:
         """Whether a chunk joins this window: packed windows stop at `limit` seconds."""
@@ -98,6 +105,10 @@ class Window:
     def samples(self) -> np.ndarray:
         return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
 
+    def part_audio(self, part: Part) -> np.ndarray:
+        """The audio of one part, as it was added."""
+        return self.audio[2 * self.parts.index(part)]  # chunks and pauses alternate
+
 
 @dataclass
 class PartResult:
@@ -109,6 +120,7 @@ class PartResult:
     no_speech_prob: float
     compression_ratio: float
     temperature: float
+    language: str | None = None
 
 
 MAX_TOKENS_PER_S = 15
@@ -144,6 +156,8 @@ def has_loop(tokens: list[int], n: int = 3, max_repeats: int = 4) -> bool:
 
 class WhisperEngine:
     """A loaded CTranslate2 Whisper model that transcribes batches of windows."""
+
+    packs = True  # windows may hold several chunks: words are split back to them by time
 
     def __init__(
         self,
@@ -194,13 +208,32 @@ class WhisperEngine:
         steps = np.ceil((window.length + 1.0) / opts.context_step)
         return float(min(WINDOW_S, max(opts.min_context, steps * opts.context_step)))
 
-    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
-        """The most likely language of up to 30 s of audio and its probability."""
+    def detect_language(self, audio: np.ndarray | list[np.ndarray]) -> tuple[str, float]:
+        """The most likely language of up to 30 s of audio and its probability.
+
+        Given several pieces (speech from several places of a recording), each gets an equal
+        share of the 30 s window, so no one piece (a short station ident) decides alone."""
         if not self.multilingual:
             return "en", 1.0
+        if isinstance(audio, list):
+            pieces = [p for p in audio if p.size] or [np.zeros(0, np.float32)]
+            share = int(WINDOW_S * SAMPLE_RATE) // len(pieces)
+            audio = np.concatenate([p[:share] for p in pieces])
         enc = self.fw.encode(self.features(audio)[None])
         lang, prob = self.model.detect_language(enc)[0][0]
         return lang[2:-2], float(prob)
+
+    def _switch_languages(self, windows: list[Window], feats: np.ndarray, encoder_output) -> None:
+        """Windows whose language was detected take the language the model hears in them, when
+        it is confident (LANGUAGE_SWITCH): one decoder step on the encoder output they have."""
+        idx = [i for i, w in enumerate(windows) if w.detect]
+        if not idx or not self.multilingual:
+            return
+        found = self.model.detect_language(self._select(feats, encoder_output, idx))
+        for i, langs in zip(idx, found):
+            lang, prob = langs[0]
+            if prob >= LANGUAGE_SWITCH and lang[2:-2] in self.fw.supported_languages:
+                windows[i].language = lang[2:-2]
 
     def batch_key(self, window: Window, opts: DecodeOptions) -> tuple[float, bool]:
         """Windows with the same key decode in one model call: encoder context, and whether
@@ -239,6 +272,7 @@ class WhisperEngine:
         30 s (only when context is shorter)."""
         feats = np.stack([self.features(w.samples(), context) for w in windows])
         encoder_output = self._encode(feats)
+        self._switch_languages(windows, feats, encoder_output)
         shortened = context < WINDOW_S
         temperatures = opts.temperatures[:1] if shortened else opts.temperatures
         outputs = self._generate_with_fallback(feats, encoder_output, windows, opts, temperatures)
@@ -456,6 +490,7 @@ class WhisperEngine:
                 no_speech_prob=float(out["no_speech_prob"]),
                 compression_ratio=float(out["compression_ratio"]),
                 temperature=float(out["temperature"]),
+                language=w.language,
             )
             for k, p in enumerate(w.parts)
         ]
