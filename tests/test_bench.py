@@ -1,5 +1,7 @@
-"""`asr bench`: exact scoring (against jiwer), reproducible intervals, test sets in every form,
-a history in SQLite, the regression gate with real models, and the report in a real browser."""
+"""`asr bench`: exact scoring (against jiwer), reproducible intervals, test sets in every form
+(long-form recordings with transcript files included), the same WER as `asr transcribe` on the
+same files, a history in SQLite, the regression gate with real models, and the report in a real
+browser."""
 
 from __future__ import annotations
 
@@ -13,14 +15,18 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import pytest
+import soundfile as sf
 import yaml
 
 from asr.bench.config import TestSetSpec, load_config
 from asr.bench.normalize import NormalizerSpec, make_normalizer
+from asr.bench.runner import prepare
 from asr.bench.scoring import bootstrap_ci, paired_bootstrap, score_pairs, summarize
-from asr.bench.testsets import utterances
+from asr.bench.testsets import Utterance, utterances
 from asr.cli import main as cli
 from asr.export import ExportOptions, export
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +115,97 @@ def test_test_sets_from_csv_segments_and_shards(realspeech, train_shards):
     index = json.loads((train_shards / "shards.json").read_text())
     shard_items = list(utterances(TestSetSpec("dev", str(train_shards), split="dev")))
     assert len(shard_items) == index["splits"]["dev"]["samples"]
+
+
+def test_longform_sets_take_references_from_text_files(realspeech):
+    where = {"kind": "longform"}
+    catalogue = str(realspeech / "catalogue.csv")
+    items = list(utterances(TestSetSpec("lf", catalogue, where=where, text_file=True), False))
+    rows = [r for r in csv.DictReader(open(catalogue, encoding="utf-8")) if r["kind"] == "longform"]
+    assert [u.id for u in items] == [r["path"] for r in rows] and len(items) == 5
+    for u, r in zip(items, rows):  # the whole text, whitespace folded; no 30 s limit
+        assert u.ref == " ".join((realspeech / r["transcript"]).read_text().split())
+        assert u.duration > 50 and u.path == str(realspeech / r["path"])
+    short = TestSetSpec("lf", catalogue, where=where, text_file=True, max_seconds=60)
+    assert len(list(utterances(short, False))) == 3  # de and es are 68 and 70 s
+    # utterance sets keep their 30 s limit; without text_file the column is the text itself
+    assert not list(utterances(TestSetSpec("lf", catalogue, where=where), False))
+
+
+def test_in_memory_items_become_16k_flac_files(tmp_path):
+    rng = np.random.default_rng(0)
+    audio = (0.3 * rng.standard_normal(16000 * 3)).clip(-1, 1).astype(np.float32)
+    mem = Utterance("seg-1", "a b", "sv", 3.0, audio=audio)
+    file = Utterance("x.wav", "c", None, 1.0, audio=audio[:16000], path="/data/x.wav")
+    items, jobs = prepare(iter([mem, file]), tmp_path / "audio")
+    assert items == [mem, file] and mem.audio is None and file.audio is None
+    assert (jobs[1].path, jobs[1].recording_id, jobs[1].language) == ("/data/x.wav", "x.wav", None)
+    assert (jobs[0].recording_id, jobs[0].language) == ("seg-1", "sv")
+    assert len({j.key for j in jobs}) == 2
+    back, sr = sf.read(jobs[0].path, dtype="float32")
+    assert sr == 16000 and back.shape == audio.shape
+    assert np.abs(back - audio).max() <= 1 / 32768 + 1e-7  # 16-bit FLAC: quantisation only
+
+
+def test_bench_wer_equals_asr_transcribe_on_the_same_files(realspeech, tmp_path):
+    """The bench runs what `asr transcribe` ships: same hypotheses, same WER, long-form too."""
+    catalogue = realspeech / "catalogue.csv"
+    sets = {
+        "utterances": ({"kind": "utterance", "language": "en"}, 5),
+        "longform": ({"kind": "longform", "language": "en"}, 1),
+    }
+    doc = {
+        "db": "bench.sqlite",
+        "bootstrap": {"samples": 100, "seed": 0},
+        "testsets": [
+            {
+                "name": name,
+                "manifest": str(catalogue),
+                "where": where,
+                "text_file": name == "longform",
+                "normalizer": "whisper-english",
+                "max_utterances": n,
+            }
+            for name, (where, n) in sets.items()
+        ],
+        "models": [
+            {"name": "tiny.en", "path": "tiny.en", "options": {"beam_size": 2, "min_context": 25}}
+        ],
+    }
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    assert cli(["bench", str(cfg), "--json", str(tmp_path / "run.json"), "-q"]) == 0
+    results = {r["testset"]: r for r in json.loads((tmp_path / "run.json").read_text())["results"]}
+
+    rows = list(csv.DictReader(open(catalogue, encoding="utf-8")))
+    for name, (where, n) in sets.items():
+        chosen = [r for r in rows if all(r[k] == v for k, v in where.items())][:n]
+        files = [str(realspeech / r["path"]) for r in chosen]
+        out = tmp_path / f"transcribe-{name}"
+        transcribe = ["transcribe", *files, "--out", str(out), "--model", "tiny.en"]
+        assert cli([*transcribe, "--beam-size", "2", "--min-context", "25", "-q"]) == 0
+        shipped = {}
+        for f in out.glob("*.json"):
+            t = json.loads(f.read_text())
+            shipped[t["path"]] = t
+        pairs = []
+        for r, f in zip(chosen, files):
+            ref = r["transcript"]
+            if name == "longform":
+                ref = (realspeech / ref).read_text()
+            t = shipped[str(Path(f).resolve())]
+            pairs.append({"id": r["path"], "ref": ref, "hyp": t["text"], "language": "en"})
+        expected = summarize(score_pairs(pairs, NormalizerSpec("whisper-english")), n_boot=10)
+
+        got = results[name]
+        preds = [json.loads(x) for x in Path(got["predictions"]).read_text().splitlines()]
+        assert [(p["id"], p["hyp"]) for p in preds] == [(p["id"], p["hyp"]) for p in pairs]
+        assert (got["wer"], got["words"]) == (expected.wer, expected.words)
+        assert got["n_utterances"] == n and got["rtfx"] > 0
+        if name == "longform":  # the whole recording, past 30 s, not its first window
+            assert got["audio_seconds"] > 50
+            (whole,) = shipped.values()
+            assert whole["segments"][-1]["end"] > 45 and got["wer"] < 0.3
 
 
 def _config(path: Path, realspeech: Path, model: str, name: str = "tiny.en") -> Path:
@@ -205,3 +302,16 @@ def test_config_errors_name_the_file(tmp_path):
     bad.write_text("testsets: [{name: a, manifest: x.csv}]\n" + models)
     with pytest.raises(ValueError, match="unknown option"):
         load_config(bad)
+    bad.write_text("testsets: [{name: a, manifest: x.csv, text_file: 'yes'}]\n" + models)
+    with pytest.raises(ValueError, match="text_file must be true or false"):
+        load_config(bad)
+
+
+def test_nightly_config_has_longform_sets():
+    cfg = load_config(ROOT / "benchmarks/nightly.yaml")
+    sets = {t.name: t for t in cfg.testsets}
+    models = {m.name: m for m in cfg.models}
+    assert sets["realspeech-en-longform"].text_file and sets["realspeech-longform"].text_file
+    assert sets["realspeech-longform"].normalizer.name == "multilingual"
+    assert "realspeech-en-longform" in models["tiny.en"].testsets
+    assert "realspeech-longform" in models["base"].testsets

@@ -12,6 +12,10 @@ testsets:
     normalizer: whisper-english        # or multilingual, or {name: multilingual,
                                        #                      merge_compounds: true}
     breakdown: [collection, speaker]   # fields to break WER down by (decade: from date)
+  - name: longform
+    manifest: path/to/catalogue.csv    # whole recordings; the transcript column holds the
+    where: {kind: longform}            # path of a .txt (relative to the CSV) with the
+    text_file: true                    # reference; no duration limit unless max_seconds
 models:
   - name: tiny.en
     path: tiny.en                      # a CTranslate2 folder, a hub id, tiny.en or base
@@ -59,8 +63,12 @@ class TestSetSpec:
     """For a CSV: the reference text column (path, language columns are read too)."""
     where: dict = field(default_factory=dict)
     """For a CSV: keep rows whose columns have these values (e.g. {kind: utterance})."""
+    text_file: bool = False
+    """For a CSV: the text column holds the path of a text file (relative to the CSV) with the
+    reference of the whole recording (long-form sets), not the text itself."""
     max_utterances: int = 0
-    max_seconds: float = 30.0
+    max_seconds: float | None = None
+    """Longer items are left out; 0: no limit; None: 30 s, or no limit for text_file sets."""
 
 
 @dataclass
@@ -97,6 +105,12 @@ def expand(value: str) -> str:
 def _path(value: str, base: Path) -> str:
     v = os.path.expanduser(expand(str(value)))
     return v if os.path.isabs(v) else str((base / v).resolve())
+
+
+def _bool(value, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{where} must be true or false, not {value!r}")
+    return value
 
 
 def _normalizer(value, where: str) -> NormalizerSpec:
@@ -142,8 +156,9 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
                 split=t.get("split", "test"),
                 text_column=t.get("text_column", "transcript"),
                 where=dict(t.get("where") or {}),
+                text_file=_bool(t.get("text_file", False), f"{where}: text_file"),
                 max_utterances=int(t.get("max_utterances", 0)),
-                max_seconds=float(t.get("max_seconds", 30.0)),
+                max_seconds=None if t.get("max_seconds") is None else float(t["max_seconds"]),
             )
         )
     models = []

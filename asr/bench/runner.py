@@ -1,9 +1,14 @@
-"""Running one model on one test set, in a process of its own.
+"""Running one model on one test set, in a process of its own, through `asr transcribe`'s path.
 
 Each (model, test set) pair runs in a fresh Python process (`python -m asr.bench.runner
 REQUEST.json`), so its peak memory is its own and one model's crash does not end the night's
-run. The process writes the raw predictions (JSONL, one utterance per line, not normalised)
-and a result (RTFx after a warm-up, peak RSS, model hash, dataset hash).
+run. Its items go through the same `Transcriber` as `asr transcribe` (decoding, VAD, chunking,
+packing, the fallback, word timestamps: its defaults, with the model's options), so the WER
+measured is the WER of what `asr transcribe` ships. Items that are files (CSV rows) are
+transcribed as they are; items that exist only in memory (shard samples, segments cut from
+recordings) are written to 16 kHz FLAC files first. The process writes the raw predictions
+(JSONL, one item per line, not normalised) and a result (RTFx after a warm-up, peak RSS, model
+hash, dataset hash).
 """
 
 from __future__ import annotations
@@ -13,70 +18,107 @@ import logging
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from asr.audio import SAMPLE_RATE
 from asr.bench.config import ModelSpec, TestSetSpec
 from asr.bench.normalize import NormalizerSpec
 from asr.bench.testsets import Utterance, dataset_hash, utterances
 
+if TYPE_CHECKING:  # the engine is imported in the child process only
+    from asr.engine.transcribe import Job, TranscribeOptions
+
 log = logging.getLogger(__name__)
 
 
-def transcribe_all(model: ModelSpec, items: list[Utterance]) -> tuple[list[str], float, dict]:
-    """Hypotheses for the utterances, the wall time after a warm-up batch, and model info."""
-    from asr.engine.models import load_engine, resolve_model
-    from asr.engine.whisper import DecodeOptions, Window
+def transcribe_options(model: ModelSpec) -> TranscribeOptions:
+    """The model's options as `asr transcribe` options (its defaults for everything else)."""
+    from asr.engine.transcribe import TranscribeOptions
+    from asr.engine.whisper import DecodeOptions
 
     o = model.options
-    info = resolve_model(model.path)
-    engine = load_engine(
-        info,
-        device=o.get("device", "cpu"),
+    return TranscribeOptions(
+        model=model.path,
+        formats=("json",),
+        language=o.get("language"),
+        batch_size=int(o.get("batch_size", TranscribeOptions.batch_size)),
+        device=o.get("device", TranscribeOptions.device),
         compute_type=o.get("compute_type"),
-        cpu_threads=o.get("cpu_threads", 0),
+        cpu_threads=int(o.get("cpu_threads", 0)),
+        decode=DecodeOptions(
+            beam_size=int(o.get("beam_size", DecodeOptions.beam_size)),
+            min_context=float(o.get("min_context", DecodeOptions.min_context)),
+        ),
+        progress=False,
     )
-    decode = DecodeOptions(
-        beam_size=o.get("beam_size", 5),
-        word_timestamps=False,
-        min_context=float(o.get("min_context", DecodeOptions.min_context)),
-    )
-    batch_size = o.get("batch_size", 8)
 
-    def language(u: Utterance) -> str | None:
-        lang = o.get("language") or u.language
-        if not getattr(engine, "multilingual", False):
-            return lang or "en"
-        if lang in engine.fw.supported_languages:
-            return lang
-        return engine.detect_language(u.audio)[0]
 
-    def run(batch: list[Utterance]) -> list[str]:
-        windows = []
-        for u in batch:
-            w = Window(language(u) or "en")
-            w.add(u.id, u.audio[: int(30 * SAMPLE_RATE)], 0.0)
-            windows.append(w)
-        out = engine.transcribe(windows, decode)
-        return [" ".join(s["text"].strip() for pr in res for s in pr.segments) for res in out]
+def prepare(items: Iterable[Utterance], audio_dir: Path) -> tuple[list[Utterance], list[Job]]:
+    """The items and one `asr transcribe` job for each, in order: its file, or its audio
+    written to a 16 kHz FLAC file in audio_dir (dropped from memory once written, so a large
+    set never sits in memory whole)."""
+    import soundfile as sf
 
-    if items:
-        run(items[:1])  # warm-up: first-call allocations are not the model's speed
+    from asr.engine.transcribe import Job
+
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    kept, jobs = [], []
+    for i, u in enumerate(items):
+        key = f"{i:06d}"
+        path = u.path
+        if path is None:
+            if u.audio is None:
+                raise ValueError(f"{u.id}: an item needs a file or its audio")
+            path = str(audio_dir / f"{key}.flac")
+            sf.write(path, u.audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        u.audio = None
+        kept.append(u)
+        jobs.append(Job(key, path, u.id, u.language))
+    return kept, jobs
+
+
+def transcribe_all(
+    model: ModelSpec, items: list[Utterance], jobs: list[Job], out_dir: Path
+) -> tuple[list[str], float, dict]:
+    """Run the jobs as `asr transcribe` does (outputs in out_dir): the hypotheses (each item's
+    transcript text: its segments' texts joined), the wall time after a warm-up, model info."""
+    from asr.engine.transcribe import Job, Transcriber
+
+    tr = Transcriber(out_dir, transcribe_options(model))
+    if jobs:
+        # warm-up on the shortest item, under a key of its own (nothing it leaves in the
+        # Transcriber touches the real run): first-call allocations are not the model's speed
+        w = jobs[min(range(len(items)), key=lambda k: items[k].duration)]
+        for fin in tr.run([Job(f"warmup/{w.key}", w.path, "warmup", w.language)]):
+            if fin.error is not None:
+                raise RuntimeError(f"warm-up on {w.recording_id} failed: {fin.error}")
     t0 = time.perf_counter()
-    hyps: list[str] = []
-    for i in range(0, len(items), batch_size):
-        hyps += run(items[i : i + batch_size])
+    texts: dict[str, str] = {}
+    failures = []
+    for fin in tr.run(jobs):
+        if fin.error is not None or fin.transcript is None:
+            failures.append(f"{fin.key}: {fin.error}")
+        else:
+            texts[fin.key] = fin.transcript.text
     wall = time.perf_counter() - t0
-    return hyps, wall, {"name": model.name, "path": str(info.path), "sha256": info.sha256}
+    if failures:  # every item decoded when the test set was read: this is the model failing
+        raise RuntimeError(f"{len(failures)} item(s) failed: " + "; ".join(failures[:10]))
+    info = {"name": model.name, "path": str(tr.model.path), "sha256": tr.model.sha256}
+    return [texts[j.key] for j in jobs], wall, info
 
 
 def run_pair(ts: TestSetSpec, model: ModelSpec, predictions: Path) -> dict:
     """Transcribe the test set with the model here; write predictions; return the result."""
-    items = list(utterances(ts))
-    hyps, wall, info = transcribe_all(model, items)
     predictions.parent.mkdir(parents=True, exist_ok=True)
+    # audio and transcripts in a folder of their own beside the predictions, removed after
+    with tempfile.TemporaryDirectory(prefix=f".{predictions.stem}.", dir=predictions.parent) as d:
+        items, jobs = prepare(utterances(ts), Path(d) / "audio")
+        hyps, wall, info = transcribe_all(model, items, jobs, Path(d) / "out")
     tmp = predictions.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for u, h in zip(items, hyps):
@@ -117,7 +159,10 @@ def run_in_process(ts: TestSetSpec, model: ModelSpec, predictions: Path) -> dict
 
 
 def _main(argv: list[str]) -> int:
+    from asr.engine.transcribe import limit_malloc_arenas
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    limit_malloc_arenas()  # as the `asr transcribe` CLI does: this process is ours alone
     req = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     t = req["testset"]
     t["normalizer"] = NormalizerSpec(**t["normalizer"])

@@ -1,5 +1,6 @@
 """Test sets: utterances with reference text and audio, from a segments manifest (audio cut
-from its recordings), a shard folder (`asr shard`), or a CSV catalogue of utterance files."""
+from its recordings), a shard folder (`asr shard`), or a CSV catalogue of audio files (short
+utterances, or whole recordings whose reference is a text file beside them)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,21 @@ class Utterance:
     duration: float
     fields: dict = field(default_factory=dict)
     audio: np.ndarray | None = None
+    path: str | None = None
+    """The audio file when the item is a whole file (a CSV row): the benchmark transcribes the
+    file itself, as `asr transcribe` would; items without one exist only as `audio`."""
+
+
+DEFAULT_MAX_SECONDS = 30.0
+"""Longest utterance of a set of utterances, unless max_seconds says otherwise."""
+
+
+def max_seconds(ts: TestSetSpec) -> float:
+    """The set's duration limit in seconds, 0 for none: its max_seconds if given, else none for
+    whole recordings (text_file sets) and DEFAULT_MAX_SECONDS for utterances."""
+    if ts.max_seconds is not None:
+        return float(ts.max_seconds)
+    return 0.0 if ts.text_file else DEFAULT_MAX_SECONDS
 
 
 def utterances(ts: TestSetSpec, with_audio: bool = True) -> Iterator[Utterance]:
@@ -42,10 +58,11 @@ def utterances(ts: TestSetSpec, with_audio: bool = True) -> Iterator[Utterance]:
         items = _from_segments(ts, src, with_audio)
     else:
         raise ValueError(f"{src}: a test set is a segments .jsonl, a shard folder or a .csv")
+    limit = max_seconds(ts)
     n = 0
     for u in items:
-        if u.duration > ts.max_seconds:
-            log.warning("%s: %s is %.1f s (> %.0f s); left out", ts.name, u.id, u.duration, 30)
+        if limit and u.duration > limit:
+            log.warning("%s: %s is %.1f s (> %.0f s); left out", ts.name, u.id, u.duration, limit)
             continue
         if not u.language:
             u.language = ts.language
@@ -84,6 +101,13 @@ def _from_csv(ts: TestSetSpec, src: Path, with_audio: bool) -> Iterator[Utteranc
         if any(str(row.get(k)) != str(v) for k, v in ts.where.items()):
             continue
         path = src.parent / row["path"]
+        ref = row[ts.text_column] or ""
+        if ts.text_file:  # the column names a text file: the whole recording's reference
+            try:
+                ref = " ".join((src.parent / ref).read_text(encoding="utf-8").split())
+            except (OSError, UnicodeDecodeError) as e:
+                log.warning("%s:%d: reference %s: left out (%s)", src, i, ref, e)
+                continue
         duration = float(row.get("duration_s") or row.get("duration") or 0.0)
         audio = None
         if with_audio:
@@ -93,9 +117,7 @@ def _from_csv(ts: TestSetSpec, src: Path, with_audio: bool) -> Iterator[Utteranc
                 log.warning("%s:%d: %s: left out (%s)", src, i, path, e)
                 continue
             duration = audio.size / SAMPLE_RATE
-        yield Utterance(
-            row["path"], row[ts.text_column] or "", row.get("language"), duration, row, audio
-        )
+        yield Utterance(row["path"], ref, row.get("language"), duration, row, audio, str(path))
 
 
 def _from_segments(ts: TestSetSpec, src: Path, with_audio: bool) -> Iterator[Utterance]:
