@@ -168,12 +168,27 @@ def to_json(record: Any) -> str:
     return json.dumps(dataclasses.asdict(record), ensure_ascii=False, separators=(",", ":"))
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, else set and put back)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside path and rename it over path only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600: outputs are for others too
     os.close(fd)
     try:
         if "b" in mode:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import os
 
 import pytest
 
@@ -107,3 +108,18 @@ def test_lhotse_export(tmp_path):
 
     assert len(lhotse.load_manifest(rec_path)) == 1
     assert lhotse.load_manifest(sup_path)[0].duration == 3.75
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_honour_the_umask(tmp_path, umask, mode):
+    """Manifests and transcripts are written through one atomic writer; a web server or a
+    colleague reads them as the umask allows (mkstemp alone would make them 0600)."""
+    from asr.manifest import atomic_output
+
+    old = os.umask(umask)
+    try:
+        with atomic_output(tmp_path / "m.jsonl") as f:
+            f.write("{}\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.jsonl").stat().st_mode & 0o777 == mode

@@ -105,11 +105,20 @@ def test_whisper_resume_continues_with_the_same_batches(whisper_run, train_shard
     assert [b[k] for k in later] == [a[k] for k in later]
 
 
-def test_whisper_export_parity_and_transcribe(whisper_run, sample_archive, tmp_path):
+def _dev_samples(shards: Path) -> int:
+    """How many dev samples the shards hold: alignment decides it, and int8 kernels differ
+    between CPUs (AVX-512 or not), so tests take the count from the data, never a number."""
+    n = json.loads((shards / "shards.json").read_text())["splits"]["dev"]["samples"]
+    assert n > 0
+    return n
+
+
+def test_whisper_export_parity_and_transcribe(whisper_run, train_shards, sample_archive, tmp_path):
     run, _ = whisper_run
     out = tmp_path / "ct2"
     r = export(run / "final", out, ExportOptions(quantization="int8"))
-    assert r.kind == "whisper" and r.parity_samples == 6 and r.parity_wer <= 0.1
+    want = min(ExportOptions.parity_samples, _dev_samples(train_shards))
+    assert r.kind == "whisper" and r.parity_samples == want and r.parity_wer <= 0.1
     assert all(e["pytorch"] for e in r.examples)  # the models said something to compare
     fe = json.loads((out / "preprocessor_config.json").read_text())
     assert fe["feature_size"] == 80
@@ -295,7 +304,8 @@ def test_bf16_and_early_stopping(train_shards, tmp_path):
     r = train(load_recipe(WHISPER, sets), train_shards, tmp_path, TrainOptions(progress=False))
     assert r.stopped_early and r.step == 4 and r.final is not None
     evals = [x for x in _log(tmp_path) if "dev_wer" in x]
-    assert len(evals) == 2 and all(e["dev_samples"] == 6 for e in evals)
+    n = _dev_samples(train_shards)
+    assert len(evals) == 2 and all(e["dev_samples"] == n for e in evals)
     assert json.loads((r.final / "archive_asr.json").read_text())["best_step"] == 2
 
 
