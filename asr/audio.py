@@ -48,8 +48,12 @@ class AudioInfo:
 
 def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.audio.AudioStream]:
     path = str(path)
+    if os.path.islink(path) and not os.path.exists(path):
+        raise AudioError(path, f"broken symbolic link (to {os.readlink(path)})")
     if not os.path.exists(path):
         raise AudioError(path, "file not found")
+    if os.path.isdir(path):
+        raise AudioError(path, "a folder, not a media file")
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty file (0 bytes)")
     try:

@@ -378,3 +378,16 @@ def test_multilingual_base_detects_each_recordings_language(sample_archive, tmp_
         ref = set(NORM(cat[rel]["text"]).split())
         hyp = set(NORM(doc["text"]).split())
         assert len(ref & hyp) >= 0.4 * len(ref), (ref, hyp)
+
+
+def test_a_broken_link_or_a_folder_named_like_audio_is_reported(holdings, tmp_path):
+    """Not skipped in silence: each is a failed job whose reason says what it is."""
+    root = tmp_path / "in"
+    root.mkdir()
+    shutil.copy(holdings[0] / "silence.wav", root / "ok.wav")
+    (root / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    (root / "folder.wav").mkdir()
+    r = transcribe([root], tmp_path / "out", _opts(formats=("json",)))
+    reasons = {k: why for k, _, why in r.failures}
+    assert r.done == 1 and set(reasons) == {"gone", "folder"}, reasons
+    assert "broken symbolic link" in reasons["gone"] and "folder" in reasons["folder"]

@@ -158,12 +158,15 @@ def collect_jobs(inputs: list[str | os.PathLike]) -> list[Job]:
                 jobs.append(Job(output_key(rec.id), rec.path, rec.id, rec.language, meta))
         elif p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in MEDIA_EXTENSIONS:
+                # a broken link or a folder named like media is a job that fails, with why
+                if f.suffix.lower() in MEDIA_EXTENSIONS and (
+                    f.is_file() or f.is_dir() or f.is_symlink()
+                ):
                     if any(part.startswith(".") for part in f.relative_to(p).parts):
                         continue
                     rel = f.relative_to(p).as_posix()
                     key = output_key(f"{p.name}/{rel}" if many else rel)
-                    jobs.append(Job(key, str(f.resolve()), rel))
+                    jobs.append(Job(key, str(f.resolve() if f.exists() else f.absolute()), rel))
         elif p.is_file():
             jobs.append(Job(output_key(p.name), str(p.resolve()), p.name))
         else:
