@@ -33,6 +33,7 @@ from asr.manifest import (
     ManifestError,
     Recording,
     Segment,
+    TranscriptError,
     atomic_output,
     iter_json_lines,
     read_recordings,
@@ -438,10 +439,19 @@ def align(recordings: Path, out: Path, options: AlignOptions | None = None) -> A
             from asr.forced_align import CtcAligner
 
             aligner = CtcAligner(opts.ctc_model, device=opts.device)
-        by_key = {output_key(r.id): r for r in todo}
-        jobs = [Job(k, r.path, r.id, r.language) for k, r in by_key.items()]
+        texts: dict[str, str] = {}
         bar = progress_bar("align", sum(r.duration for r in todo) / 3600, opts.progress)
         with open(journal, "a", encoding="utf-8") as jf:
+            for rec in todo:  # an unreadable transcript fails its recording, before the model
+                try:
+                    texts[rec.id] = rec.reference_text() or ""
+                except TranscriptError as e:
+                    entry = {"id": rec.id, "sha256": rec.sha256, "error": str(e)}
+                    jf.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                    done[(rec.id, rec.sha256)] = entry
+                    bar.update(rec.duration / 3600)
+            by_key = {output_key(r.id): r for r in todo if r.id in texts}
+            jobs = [Job(k, r.path, r.id, r.language) for k, r in by_key.items()]
             for fin in transcriber.run(jobs):
                 rec = by_key[fin.key]
                 if fin.error is not None:
@@ -450,7 +460,7 @@ def align(recordings: Path, out: Path, options: AlignOptions | None = None) -> A
                     segs, report = align_recording(
                         rec,
                         fin.transcript,
-                        rec.reference_text() or "",
+                        texts[rec.id],
                         opts,
                         rules,
                         _regions(rec.path, vad),

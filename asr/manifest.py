@@ -33,6 +33,10 @@ class ManifestError(ValueError):
         super().__init__(f"{where}: {reason}")
 
 
+class TranscriptError(ValueError):
+    """A recording's transcript file cannot be read; the message names the file and why."""
+
+
 @dataclass
 class Recording:
     """One decodable audio or video file of the holdings."""
@@ -63,7 +67,18 @@ class Recording:
         if self.text is not None and self.text.strip():
             return self.text
         if self.transcript:
-            return Path(self.transcript).read_text(encoding="utf-8")
+            try:
+                return Path(self.transcript).read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                byte = e.object[e.start]
+                raise TranscriptError(
+                    f"{self.transcript}: the transcript is not UTF-8 (byte 0x{byte:02x} at "
+                    f"position {e.start}); save it as UTF-8"
+                ) from None
+            except OSError as e:
+                raise TranscriptError(
+                    f"{self.transcript}: cannot read the transcript ({e.strerror or e})"
+                ) from None
         return None
 
 

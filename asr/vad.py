@@ -26,6 +26,7 @@ from asr.manifest import (
     ManifestError,
     Recording,
     Segment,
+    TranscriptError,
     iter_json_lines,
     read_recordings,
     write_manifest,
@@ -446,6 +447,8 @@ def _segment_worker(rec: Recording, opts: SegmentOptions) -> list[Segment] | str
         return segment_recording(rec, opts, _worker_vad)
     except AudioError as e:
         return e.reason
+    except TranscriptError as e:
+        return str(e)
     except OSError as e:
         return f"cannot read file ({e.strerror or e})"
 

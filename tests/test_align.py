@@ -173,3 +173,14 @@ def test_killed_run_resumes_per_recording(tmp_path):
     r = align(tmp_path / "recordings.jsonl", out, AlignOptions(model="tiny.en", beam_size=1))
     assert r.recordings == 3 and not journal.exists()
     assert {s.recording_id for s in read_segments(out)} == {c.path.stem for c in cases}
+
+
+def test_a_transcript_that_is_not_utf8_fails_only_its_recording_in_align(
+    sample_manifests, tmp_path
+):
+    from tests.test_vad import _with_latin1_transcript
+
+    recs, bad = _with_latin1_transcript(sample_manifests, tmp_path, n=2)
+    r = align(recs, tmp_path / "aligned.jsonl", AlignOptions(model="tiny.en", progress=False))
+    assert [e.id for e in r.errors] == [bad["id"]] and "not UTF-8" in r.errors[0].reason
+    assert r.recordings == 1

@@ -180,3 +180,24 @@ def test_stream_chunks_plans_while_streaming(speech_file):
             np.testing.assert_array_equal(audio[:100], full[round(s * 16000) :][:100])
         for ts, te in spans:
             assert any(s <= ts and te <= e for s, e, _ in chunks), (block_seconds, ts, te, chunks)
+
+
+def _with_latin1_transcript(sample_manifests, tmp_path, n: int = 3) -> tuple[Path, dict]:
+    """The first n recordings of the sample archive, the second with a Latin-1 transcript."""
+    lines = (sample_manifests / "recordings.jsonl").read_text().splitlines()[:n]
+    rec = json.loads(lines[1])
+    bad = tmp_path / "café.txt"
+    bad.write_bytes("Le café était fermé.".encode("latin-1"))
+    rec["text"], rec["transcript"] = None, str(bad)
+    lines[1] = json.dumps(rec)
+    (tmp_path / "recordings.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path / "recordings.jsonl", rec
+
+
+def test_a_transcript_that_is_not_utf8_fails_only_its_recording(sample_manifests, tmp_path):
+    recs, bad = _with_latin1_transcript(sample_manifests, tmp_path)
+    r = segment(recs, tmp_path / "segments.jsonl", SegmentOptions(workers=1, progress=False))
+    assert [e.id for e in r.errors] == [bad["id"]], r.errors
+    assert "café.txt" in r.errors[0].reason and "not UTF-8" in r.errors[0].reason
+    got = {s.recording_id for s in read_segments(tmp_path / "segments.jsonl")}
+    assert len(got) == 2 and bad["id"] not in got
