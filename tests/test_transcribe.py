@@ -391,3 +391,39 @@ def test_a_broken_link_or_a_folder_named_like_audio_is_reported(holdings, tmp_pa
     reasons = {k: why for k, _, why in r.failures}
     assert r.done == 1 and set(reasons) == {"gone", "folder"}, reasons
     assert "broken symbolic link" in reasons["gone"] and "folder" in reasons["folder"]
+
+
+def test_job_names_do_not_depend_on_input_order(tmp_path):
+    """talk.mp3 and talk.wav keep their names whatever comes with them, and in any order."""
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        for name in ("talk.wav", "talk.mp3", "other.flac"):
+            (tmp_path / d / name).write_bytes(b"x")
+    files = [tmp_path / "a" / "talk.wav", tmp_path / "b" / "talk.wav", tmp_path / "a/other.flac"]
+    one = {j.key: j.path for j in collect_jobs(files)}
+    two = {j.key: j.path for j in collect_jobs(files[::-1])}
+    assert one == two and len(one) == 3
+    folder = {j.key: Path(j.path).name for j in collect_jobs([tmp_path / "a"])}
+    assert folder == {"talk.wav": "talk.wav", "talk.mp3": "talk.mp3", "other": "other.flac"}
+    (tmp_path / "a" / "talk.mp3").unlink()
+    assert {j.key for j in collect_jobs([tmp_path / "a"])} == {"talk", "other"}
+
+
+def test_a_changed_request_produces_what_was_asked(holdings, tmp_path):
+    """More formats, another model, or a changed file: transcribed again; the same request
+    skips."""
+    src = holdings[0] / "oral_history" / "harbour_master_1957.wav"
+    shutil.copy(src, tmp_path / "talk.wav")
+    out = tmp_path / "out"
+    r = transcribe([tmp_path / "talk.wav"], out, _opts(formats=("json",)))
+    assert r.done == 1
+    r = transcribe([tmp_path / "talk.wav"], out, _opts(formats=("json",)))
+    assert (r.done, r.skipped_done) == (0, 1)
+    r = transcribe([tmp_path / "talk.wav"], out, _opts(formats=("json", "srt")))
+    assert r.done == 1 and (out / "talk.srt").is_file()
+    r = transcribe([tmp_path / "talk.wav"], out, _opts(formats=("json", "srt"), model="base"))
+    assert r.done == 1
+    assert "base" in json.loads((out / "talk.json").read_text())["model"]["name"]
+    shutil.copy(holdings[0] / "silence.wav", tmp_path / "talk.wav")  # the file changed
+    r = transcribe([tmp_path / "talk.wav"], out, _opts(formats=("json", "srt"), model="base"))
+    assert r.done == 1 and json.loads((out / "talk.json").read_text())["text"] == ""

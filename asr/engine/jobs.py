@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started REAL,
     finished REAL,
     language TEXT,
-    outputs TEXT                   -- JSON list of the output files
+    outputs TEXT,                  -- JSON list of the output files
+    request TEXT                   -- what the transcript depends on (file, options): a hash
 );
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -62,6 +63,9 @@ class JobDB:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(jobs)")}
+        if "request" not in columns:  # a database from before requests were recorded
+            self.db.execute("ALTER TABLE jobs ADD COLUMN request TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -75,19 +79,24 @@ class JobDB:
                 jobs,
             )
 
-    def plan(self, keys: list[str], retry_failed: bool = False) -> Plan:
-        """Which of keys to transcribe now: pending ones, interrupted ones, failed ones if asked."""
+    def plan(
+        self, requests: dict[str, str], outputs: dict[str, list[Path]], retry_failed: bool = False
+    ) -> Plan:
+        """Which keys to transcribe now: new ones, interrupted ones, those whose request
+        (file, options) changed or whose asked-for outputs are missing, failed ones if asked."""
         plan = Plan(todo=[])
         rows = {
-            r[0]: r[1:] for r in self.db.execute("SELECT key, status, outputs FROM jobs").fetchall()
+            r[0]: r[1:] for r in self.db.execute("SELECT key, status, request FROM jobs").fetchall()
         }
-        for key in keys:
-            status, outputs = rows.get(key, ("pending", None))
-            if status == "done" and _all_exist(outputs):
+        for key, request in requests.items():
+            status, before = rows.get(key, ("pending", None))
+            same = before == request
+            present = all(Path(p).is_file() for p in outputs[key])
+            if status == "done" and same and present:
                 plan.done += 1
-            elif status == "failed" and not retry_failed:
+            elif status == "failed" and same and not retry_failed:
                 plan.failed += 1
-            elif status == "running" and _all_exist(outputs):
+            elif status == "running" and same and present:
                 # killed after its outputs were renamed into place but before this row said so
                 self.db.execute(
                     "UPDATE jobs SET status='done', finished=? WHERE key=?", (time.time(), key)
@@ -97,11 +106,11 @@ class JobDB:
                 plan.todo.append(key)
         return plan
 
-    def start(self, key: str, outputs: list[Path]) -> None:
+    def start(self, key: str, outputs: list[Path], request: str) -> None:
         self.db.execute(
             "UPDATE jobs SET status='running', attempts=attempts+1, started=?, error=NULL, "
-            "outputs=? WHERE key=?",
-            (time.time(), json.dumps([str(p) for p in outputs]), key),
+            "outputs=?, request=? WHERE key=?",
+            (time.time(), json.dumps([str(p) for p in outputs]), request, key),
         )
 
     def done(self, key: str, audio_seconds: float, wall_seconds: float, language: str | None):
@@ -143,7 +152,3 @@ class JobDB:
         return self.db.execute(
             "SELECT key, path, error FROM jobs WHERE status='failed' ORDER BY key"
         ).fetchall()
-
-
-def _all_exist(outputs: str | None) -> bool:
-    return bool(outputs) and all(Path(p).is_file() for p in json.loads(outputs))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
+import json
 import logging
 import os
 import queue
@@ -171,13 +173,31 @@ def collect_jobs(inputs: list[str | os.PathLike]) -> list[Job]:
             jobs.append(Job(output_key(p.name), str(p.resolve()), p.name))
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
-    seen: dict[str, int] = {}
-    for job in jobs:  # two inputs that would write the same outputs get distinct names
-        n = seen.get(job.key, 0)
-        seen[job.key] = n + 1
-        if n:
-            job.key = f"{job.key}-{n + 1}"
+    _distinct_keys(jobs)
     return jobs
+
+
+def _distinct_keys(jobs: list[Job]) -> None:
+    """Inputs that would write the same outputs get names that depend on themselves alone, not
+    on the order or company they came in: the file's extension (talk.mp3, talk.wav), then a
+    short hash of its path."""
+    for rename in (_with_extension, _with_path_hash):
+        by_key: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_key.setdefault(job.key, []).append(job)
+        for same in by_key.values():
+            if len(same) > 1:
+                for job in same:
+                    job.key = rename(job)
+
+
+def _with_extension(job: Job) -> str:
+    ext = os.path.splitext(job.path)[1].lower().lstrip(".")
+    return f"{job.key}.{ext}" if ext and not job.key.endswith(f".{ext}") else job.key
+
+
+def _with_path_hash(job: Job) -> str:
+    return f"{job.key}-{hashlib.sha1(job.path.encode()).hexdigest()[:8]}"
 
 
 def output_key(name: str) -> str:
@@ -704,6 +724,24 @@ def transcribe(
     return run_jobs(inputs, out_dir, opts, local)
 
 
+REQUEST_IGNORES = ("formats", "progress", "retry_failed", "workers", "parallel", "cpu_threads")
+"""Options that do not change what a transcript says (formats are checked file by file)."""
+
+
+def job_request(job: Job, opts: TranscribeOptions) -> str:
+    """What a job's transcript depends on: its file (size and modification time: a file moved
+    with its folder is the same) and the options that shape it; a finished job whose request
+    changed is transcribed again."""
+    try:
+        st = os.stat(job.path)
+        file = [st.st_size, st.st_mtime_ns]
+    except OSError:
+        file = [None, None]
+    options = {k: v for k, v in _options_dict(opts).items() if k not in REQUEST_IGNORES}
+    blob = json.dumps([file, job.language, options], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def run_jobs(
     inputs: list[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -724,13 +762,15 @@ def run_jobs(
     result = TranscribeResult(db=db.path)
     try:
         db.register([(j.key, j.path, j.recording_id) for j in jobs])
-        plan = db.plan([j.key for j in jobs], opts.retry_failed)
+        outputs = {j.key: [out_dir / (j.key + EXTENSIONS[f]) for f in opts.formats] for j in jobs}
+        requests = {j.key: job_request(j, opts) for j in jobs}
+        plan = db.plan(requests, outputs, opts.retry_failed)
         result.skipped_done, result.skipped_failed = plan.done, plan.failed
         result.recovered = plan.recovered
         wanted = set(plan.todo)
         todo = [j for j in jobs if j.key in wanted]
         for job in todo:
-            db.start(job.key, [out_dir / (job.key + EXTENSIONS[f]) for f in opts.formats])
+            db.start(job.key, outputs[job.key], requests[job.key])
         run_id = db.begin_run(_options_dict(opts))
         t0 = time.perf_counter()
         if todo:
