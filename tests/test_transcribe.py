@@ -427,3 +427,25 @@ def test_a_changed_request_produces_what_was_asked(holdings, tmp_path):
     shutil.copy(holdings[0] / "silence.wav", tmp_path / "talk.wav")  # the file changed
     r = transcribe([tmp_path / "talk.wav"], out, _opts(formats=("json", "srt"), model="base"))
     assert r.done == 1 and json.loads((out / "talk.json").read_text())["text"] == ""
+
+
+def test_an_error_in_a_writer_fails_only_its_recording(realspeech, tmp_path, monkeypatch):
+    """A ValueError while writing one transcript fails that recording with the reason; the
+    others are written."""
+    from asr.engine import transcribe as transcribe_module
+
+    with open(realspeech / "catalogue.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["path"].startswith("ljspeech_coqui/")][:3]
+    files = [str(realspeech / r["path"]) for r in rows]
+    doomed = Path(files[1]).stem
+    write = transcribe_module.write_outputs
+
+    def failing(transcript, base, formats):
+        if Path(base).name == doomed:
+            raise ValueError("time is not a finite number: nan")
+        return write(transcript, base, formats)
+
+    monkeypatch.setattr(transcribe_module, "write_outputs", failing)
+    r = transcribe(files, tmp_path / "out", _opts(formats=("json",)))
+    assert (r.done, r.failed) == (2, 1)
+    assert r.failures[0][0] == doomed and "ValueError: time is not" in r.failures[0][2]

@@ -610,8 +610,9 @@ class Transcriber:
             try:
                 transcript = self._transcript(pend)
                 write_outputs(transcript, self.out_dir / key, self.opts.formats)
-            except OSError as e:
-                yield Finished(key, f"writing outputs failed ({e})")
+            except Exception as e:  # one recording's bad output never ends the run
+                log.debug("%s: writing outputs failed", key, exc_info=True)
+                yield Finished(key, f"writing outputs failed ({type(e).__name__}: {e})")
                 continue
             wall = time.perf_counter() - pend.started
             yield Finished(key, None, pend.duration or 0.0, wall, transcript.language, transcript)
