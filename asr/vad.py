@@ -236,6 +236,16 @@ def plan_segments(
     return segments
 
 
+class Chunk(tuple):
+    """A speech chunk: (start s, end s, audio), and `lead`/`tail`: the seconds of padding
+    before its first and after its last speech frame (what VAD did not call speech)."""
+
+    def __new__(cls, start: float, end: float, audio: np.ndarray, lead: float, tail: float):
+        chunk = tuple.__new__(cls, (start, end, audio))
+        chunk.lead, chunk.tail = lead, tail
+        return chunk
+
+
 class ChunkPlanner:
     """Speech chunks of a stream, planned in one pass: linear time, bounded memory.
 
@@ -269,9 +279,7 @@ class ChunkPlanner:
         self.probs = np.zeros(0, np.float32)  # one per frame from buf_start // WINDOW on
         self.buf_start = 0
 
-    def feed(
-        self, block: np.ndarray, probs: np.ndarray
-    ) -> Iterator[tuple[float, float, np.ndarray]]:
+    def feed(self, block: np.ndarray, probs: np.ndarray) -> Iterator[Chunk]:
         """Add a block (a whole number of windows) and its probabilities; yield finished chunks."""
         self.audio = np.concatenate([self.audio, block]) if self.audio.size else block
         self.probs = np.concatenate([self.probs, probs]) if self.probs.size else probs
@@ -296,7 +304,7 @@ class ChunkPlanner:
                 yield from self._emit(self.frame)
         self._trim()
 
-    def finish(self) -> Iterator[tuple[float, float, np.ndarray]]:
+    def finish(self) -> Iterator[Chunk]:
         """The end of the stream: the open region and the last group."""
         if self.start is not None:
             end = self.silent_since if self.silent_since is not None else self.frame
@@ -312,11 +320,11 @@ class ChunkPlanner:
         too_long = frame - self.group[0][0] >= self.limit
         return too_long or (self.max_pause is not None and pause > self.max_pause)
 
-    def _close_group_before(self, frame: int) -> Iterator[tuple[float, float, np.ndarray]]:
+    def _close_group_before(self, frame: int) -> Iterator[Chunk]:
         if self.group and self._group_is_closed(frame):
             yield from self._emit(frame)
 
-    def _region(self, s: int, e: int) -> Iterator[tuple[float, float, np.ndarray]]:
+    def _region(self, s: int, e: int) -> Iterator[Chunk]:
         """A finished region [s, e) frames: joins the group, or closes it and starts the next."""
         continued = self.cut_at is not None
         self.start = self.silent_since = self.cut_at = None
@@ -326,7 +334,7 @@ class ChunkPlanner:
             yield from self._emit(s)
         self.group.append((s, e, continued, False))
 
-    def _cut_open_region(self) -> Iterator[tuple[float, float, np.ndarray]]:
+    def _cut_open_region(self) -> Iterator[Chunk]:
         """The open region outgrew the limit: close the group before it, then cut it at its
         least speech-like window (at least a quarter of the limit in) and emit the first part."""
         s = self.start
@@ -342,7 +350,7 @@ class ChunkPlanner:
         if self.silent_since is not None and self.silent_since < cut:
             self.silent_since = cut
 
-    def _emit(self, next_start: int | None = None) -> Iterator[tuple[float, float, np.ndarray]]:
+    def _emit(self, next_start: int | None = None) -> Iterator[Chunk]:
         """The group as one chunk: padded (not at a cut inside speech), never overlapping the
         chunk before it, nor reaching the next speech (`next_start`) or past the stream."""
         s, _, cut_before, _ = self.group[0]
@@ -357,7 +365,9 @@ class ChunkPlanner:
         self.last_hi = hi
         if hi - lo >= self.opts.min_duration * SAMPLE_RATE:
             audio = self.audio[lo - self.buf_start : hi - self.buf_start].copy()
-            yield lo / SAMPLE_RATE, hi / SAMPLE_RATE, audio
+            lead = max(0, s * WINDOW - lo) / SAMPLE_RATE
+            tail = max(0, hi - e * WINDOW) / SAMPLE_RATE
+            yield Chunk(lo / SAMPLE_RATE, hi / SAMPLE_RATE, audio, lead, tail)
 
     def _trim(self) -> None:
         """Drop the audio no chunk can need any more (before the group, open region or pad)."""
@@ -377,7 +387,7 @@ class ChunkPlanner:
 
 def stream_chunks(
     blocks: Iterable[np.ndarray], vad: SileroVad, opts: SegmentOptions
-) -> Iterator[tuple[float, float, np.ndarray]]:
+) -> Iterator[Chunk]:
     """Speech chunks (start s, end s, audio) of a stream of 16 kHz blocks: see ChunkPlanner."""
     planner = ChunkPlanner(opts)
     for block, probs in vad.iter_probabilities(blocks):

@@ -169,6 +169,17 @@ def test_an_english_only_model_never_hears_another_language(clips, tmp_path):
     ((key, _, reason),) = r.failures
     assert key == "es" and "English-only" in reason and "--model base" in reason
     assert not (tmp_path / "tiny" / "es.json").exists()
+    # no language given: the multilingual model listens first, and tiny.en hears English only
+    unknown = _manifest(
+        tmp_path / "unknown.jsonl",
+        [("es", tmp_path / "es.wav", None), ("en", tmp_path / "en.wav", None)],
+    )
+    r = transcribe([unknown], tmp_path / "tiny-unknown", _opts(model="tiny.en"))
+    assert (r.done, r.failed) == (1, 1)
+    ((key, _, reason),) = r.failures
+    assert key == "es" and "detected language '" in reason and "English-only" in reason
+    en = _json(tmp_path / "tiny-unknown", "en")
+    assert en["language"] == "en" and en["language_probability"] > 0.5
 
     r = transcribe([m], tmp_path / "default", _opts())
     assert (r.done, r.failed) == (2, 0)
