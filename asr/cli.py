@@ -701,7 +701,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         r = export(args.model, args.out, opts)
     except ExportError as e:
-        log.error("%s", e)
+        log.error("%s", e, exc_info=args.verbose)  # -v: with the traceback
         return EXIT_ERROR
     parity = (
         f"parity WER {100 * r.parity_wer:.2f}% on {r.parity_samples} utterances"
@@ -832,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("interrupted: re-run the same command to continue where it stopped")
         return 130
     except (ValueError, FileNotFoundError, OSError, ImportError) as e:
-        log.error("%s", e)
+        log.error("%s", e, exc_info=args.verbose)  # -v: with the traceback
         return EXIT_ERROR
 
 

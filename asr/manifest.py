@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import gzip
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -197,11 +199,38 @@ def current_umask() -> int:
     return mask
 
 
+TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+"""The name `atomic_output` gives a temporary file (mkstemp: '.NAME.' + 8 characters + '.tmp')."""
+
+
+def remove_stale_temps(folder: str | os.PathLike, name: str | None = None) -> int:
+    """Remove the temporary files an interrupted writer left in folder (and its subfolders),
+    or only those of the output called name; returns how many. Call it where no other writer
+    works on the same outputs (a run that holds its folder, or before writing name)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    found = folder.glob(f".{glob.escape(name)}.*.tmp") if name else folder.rglob(".*.tmp")
+    pattern = re.compile(rf"^\.{re.escape(name)}\.[A-Za-z0-9_]{{8}}\.tmp$") if name else TEMP_NAME
+    n = 0
+    for p in found:
+        if pattern.match(p.name) and p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                n += 1
+    return n
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file beside path and rename it over path only if the block succeeds."""
+def atomic_output(path: str | os.PathLike, mode: str = "w", sweep: bool = False) -> Iterator[IO]:
+    """Open a temporary file beside path and rename it over path only if the block succeeds.
+
+    sweep: first remove the temporary files a killed writer of path left (a scan of its
+    folder: for the one manifest a stage writes, not for each of a run's many transcripts)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if sweep:
+        remove_stale_temps(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600: outputs are for others too
     os.close(fd)
@@ -227,7 +256,7 @@ def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
 def write_manifest(path: str | os.PathLike, records: Iterable[Any]) -> int:
     """Write records as JSONL(.gz) atomically; return how many were written."""
     n = 0
-    with atomic_output(path) as f:
+    with atomic_output(path, sweep=True) as f:
         for record in records:
             f.write(to_json(record) + "\n")
             n += 1
@@ -316,7 +345,7 @@ def export_lhotse(
 
 def _write_dicts(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     n = 0
-    with atomic_output(path) as f:
+    with atomic_output(path, sweep=True) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1

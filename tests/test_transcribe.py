@@ -450,3 +450,85 @@ def test_an_error_in_a_writer_fails_only_its_recording(realspeech, tmp_path, mon
     r = transcribe(files, tmp_path / "out", _opts(formats=("json",)))
     assert (r.done, r.failed) == (2, 1)
     assert r.failures[0][0] == doomed and "ValueError: time is not" in r.failures[0][2]
+
+
+def _ljspeech_folder(realspeech: Path, folder: Path, n: int) -> Path:
+    folder.mkdir()
+    with open(realspeech / "catalogue.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["path"].startswith("ljspeech_coqui/")][:n]
+    for r in rows:
+        shutil.copy(realspeech / r["path"], folder)
+    return folder
+
+
+EXACT = ["--language", "en", "--batch-size", "1", "--parallel", "1", "--no-progress"]
+"""One recording per model call: a rerun that does fewer recordings writes the same bytes."""
+
+
+def test_a_full_disk_stops_the_run_cleanly_and_the_rerun_completes(realspeech, tmp_path):
+    """A real full disk (a small tmpfs with a ballast file) at three points of a run: in the
+    job database, while writing transcripts, near the end. Each time: exit 1, one line naming
+    the path and what to do, no traceback, no partial file; with room again the same command
+    completes, and every output equals an uninterrupted run's."""
+    src = _ljspeech_folder(realspeech, tmp_path / "in", 6)
+    asr = str(Path(sys.executable).parent / "asr")
+    ref = tmp_path / "ref"
+    assert subprocess.run([asr, "transcribe", str(src), "--out", str(ref), *EXACT]).returncode == 0
+    written = sum(p.stat().st_size for p in ref.iterdir() if not p.name.startswith(("jobs", ".")))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)])
+    if mounted.returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here (needs root)")
+    try:
+        for i, room in enumerate((16 << 10, 64 << 10, (64 << 10) + written // 2)):
+            out = disk / f"out-{i}"
+            ballast = disk / "ballast"
+            ballast.write_bytes(b"\0" * (shutil.disk_usage(disk).free - room))
+            cmd = [asr, "transcribe", str(src), "--out", str(out), *EXACT]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            assert r.returncode == 1, (room, r.stderr)
+            assert "re-run the same command" in r.stderr and str(out) in r.stderr, r.stderr
+            assert "Traceback" not in r.stderr
+            for p in out.glob("*.json"):
+                json.loads(p.read_text(encoding="utf-8"))  # whole, or not there
+            assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+            ballast.unlink()
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            for p in ref.iterdir():
+                if not p.name.startswith(("jobs", ".")):
+                    assert (out / p.name).read_bytes() == p.read_bytes(), p.name
+            shutil.rmtree(out)
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_a_second_run_on_the_same_out_dir_is_refused_and_stale_temps_go(realspeech, tmp_path):
+    """Two `asr transcribe` runs on one OUT_DIR: the second is refused with the first's
+    process named; the first transcribes each recording once. A temporary file a killed run
+    left is removed; -v shows the traceback of an error."""
+    src = _ljspeech_folder(realspeech, tmp_path / "in", 10)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".LJ001-0001.json.k3x9_a0q.tmp"  # as atomic_output names them
+    stale.write_text("{half a transc")
+    keep = out / ".notes.tmp"
+    keep.write_text("not ours")
+    asr = str(Path(sys.executable).parent / "asr")
+    cmd = [asr, "transcribe", str(src), "--out", str(out), *EXACT, "--beam-size", "1"]
+    first = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out / DB_NAME).exists():
+        time.sleep(0.02)
+    second = subprocess.run(cmd, capture_output=True, text=True)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert second.returncode == 1, second.stderr
+    assert "another asr transcribe run" in second.stderr and f"pid {first.pid}" in second.stderr
+    db = sqlite3.connect(out / DB_NAME)
+    attempts = [a for (a,) in db.execute("SELECT attempts FROM jobs")]
+    assert attempts == [1] * 10
+    assert not stale.exists() and keep.exists()
+    r = subprocess.run([*cmd, "--formats", "doc", "-v"], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "doc" in r.stderr

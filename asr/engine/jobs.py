@@ -9,7 +9,11 @@ the kill is marked done without being transcribed again), and failures keep thei
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
+import socket
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -41,6 +45,62 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 DB_NAME = "jobs.sqlite"
+LOCK_NAME = ".transcribe.lock"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""Write errors that are the disk's state, not a recording's fault: the run stops, and the
+recordings it was writing are transcribed again by the next run."""
+
+
+class DiskFullError(OSError):
+    """The disk (or a quota, or a file-size limit) refused a write: stop the run, keep nothing
+    half-written, and let the same command continue once there is room."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(
+            f"{path}: {reason}: the run stopped and kept nothing half-written; free some space "
+            "and re-run the same command to continue where it stopped"
+        )
+
+
+class RunLockedError(OSError):
+    """Another `asr transcribe` run holds OUT_DIR."""
+
+
+class RunLock:
+    """One `asr transcribe` run per OUT_DIR at a time: an exclusive flock on OUT_DIR/LOCK_NAME.
+
+    The kernel drops the lock when the holder exits, however it ends (a SIGKILL too), so a
+    stale lock never blocks a rerun; on a shared disk, NFS carries flock as a POSIX lock, so
+    two machines exclude each other as two processes do. A second run is refused with the
+    holder's host, process and start time rather than transcribing everything twice.
+    """
+
+    def __init__(self, out_dir: str | Path):
+        self.path = Path(out_dir) / LOCK_NAME
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 512).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise RunLockedError(
+                f"{self.path.parent}: another asr transcribe run is writing here ({holder}); "
+                "wait for it to end or pass another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {stamp}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
 
 
 @dataclass
