@@ -660,11 +660,12 @@ def _need_train_extra(what: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    _need_train_extra("asr train")
     from asr.train.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)  # config errors first: no torch needed
+    _need_train_extra("asr train")
     from asr.train.trainer import TrainOptions, train
 
-    recipe = load_recipe(args.recipe, args.overrides)
     r = train(
         recipe,
         args.shards,

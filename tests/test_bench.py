@@ -303,7 +303,7 @@ def test_config_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="unknown option"):
         load_config(bad)
     bad.write_text("testsets: [{name: a, manifest: x.csv, text_file: 'yes'}]\n" + models)
-    with pytest.raises(ValueError, match="text_file must be true or false"):
+    with pytest.raises(ValueError, match="text_file: expected true or false"):
         load_config(bad)
 
 

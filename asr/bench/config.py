@@ -23,27 +23,56 @@ models:
 ```
 
 Paths are relative to the configuration file; `${VAR}` and `${VAR:-default}` are expanded.
+The file is checked against the dataclasses below (BenchFile and what it holds): an unknown key
+or a value of the wrong type is a ConfigError naming the file and the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asr.bench.normalize import VERSIONS, NormalizerSpec
-from asr.config import load_yaml
+from asr.bench.normalize import VERSIONS, NormalizerSpec, make_normalizer
+from asr.config import ConfigError, Invalid, from_dict, load_yaml, show
 
-MODEL_OPTIONS = {
-    "beam_size": int,
-    "batch_size": int,
-    "device": str,
-    "compute_type": str,
-    "cpu_threads": int,
-    "language": str,
-    "min_context": float,
-}
+
+@dataclass
+class ModelOptions:
+    """A model's `options:`, each as the `asr transcribe` option of that name (unset or null:
+    its default)."""
+
+    config_noun = "option"  # in error messages: unknown option 'beams'
+
+    beam_size: int | None = None
+    batch_size: int | None = None
+    device: str | None = None
+    compute_type: str | None = None
+    cpu_threads: int | None = None
+    language: str | None = None
+    min_context: float | None = None
+
+
+MODEL_OPTIONS = tuple(f.name for f in dataclasses.fields(ModelOptions))
+
+
+def _normalizer(value) -> NormalizerSpec:
+    """A normaliser's name, or {name: ..., its options}."""
+    if isinstance(value, str):
+        spec = NormalizerSpec(value)
+    elif isinstance(value, dict) and isinstance(value.get("name"), str):
+        spec = NormalizerSpec(value["name"], {k: v for k, v in value.items() if k != "name"})
+    else:
+        raise Invalid(f"expected a normalizer name or {{name: ..., options}}, got {show(value)}")
+    if spec.name not in VERSIONS:
+        raise Invalid(f"unknown normalizer {spec.name!r} (expected one of: {', '.join(VERSIONS)})")
+    try:
+        make_normalizer(spec)  # its options
+    except ValueError as e:
+        raise Invalid(str(e)) from None
+    return spec
 
 
 @dataclass
@@ -55,7 +84,9 @@ class TestSetSpec:
     name: str
     manifest: str
     language: str | None = None
-    normalizer: NormalizerSpec = field(default_factory=NormalizerSpec)
+    normalizer: NormalizerSpec = field(
+        default_factory=NormalizerSpec, metadata={"parse": _normalizer}
+    )
     breakdown: list[str] = field(default_factory=list)
     split: str = "test"
     """For a shard folder: the split to read."""
@@ -77,9 +108,33 @@ class ModelSpec:
 
     name: str
     path: str
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict, metadata={"schema": ModelOptions})
+    """Decoding options: those of ModelOptions that are given."""
     testsets: list[str] = field(default_factory=list)
     """Run only on these test sets (default: all)."""
+
+
+@dataclass
+class BootstrapSpec:
+    samples: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class GateSpec:
+    max_wer_increase: float = 0.005
+
+
+@dataclass
+class BenchFile:
+    """A configuration file as written (its schema); load_config turns it into a BenchConfig."""
+
+    testsets: list[TestSetSpec] = field(default_factory=list)
+    models: list[ModelSpec] = field(default_factory=list)
+    db: str = "bench.sqlite"
+    report: str | None = None
+    bootstrap: BootstrapSpec = field(default_factory=BootstrapSpec)
+    gate: GateSpec = field(default_factory=GateSpec)
 
 
 @dataclass
@@ -107,90 +162,39 @@ def _path(value: str, base: Path) -> str:
     return v if os.path.isabs(v) else str((base / v).resolve())
 
 
-def _bool(value, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{where} must be true or false, not {value!r}")
-    return value
-
-
-def _normalizer(value, where: str) -> NormalizerSpec:
-    if isinstance(value, str):
-        spec = NormalizerSpec(value)
-    elif isinstance(value, dict) and "name" in value:
-        spec = NormalizerSpec(value["name"], {k: v for k, v in value.items() if k != "name"})
-    else:
-        raise ValueError(f"{where}: normalizer must be a name or {{name: ..., options}}")
-    if spec.name not in VERSIONS:
-        raise ValueError(
-            f"{where}: unknown normalizer {spec.name!r}; choose from {sorted(VERSIONS)}"
-        )
-    return spec
-
-
 def load_config(path: str | os.PathLike) -> BenchConfig:
-    """Read and check a benchmark configuration; ValueError names the file and the problem."""
+    """Read and check a benchmark configuration; ConfigError (a ValueError) names the file, the
+    key and the problem."""
     doc, source = load_yaml(Path(path), "")
+    f = from_dict(BenchFile, doc, source)
     base = Path(path).resolve().parent
-    unknown = set(doc) - {"db", "report", "bootstrap", "gate", "testsets", "models"}
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}")
-    testsets = []
-    names = set()
-    for i, t in enumerate(doc.get("testsets") or []):
-        where = f"{source}: testsets[{i}]"
-        if not isinstance(t, dict) or not t.get("name") or not t.get("manifest"):
-            raise ValueError(f"{where}: needs a name and a manifest")
-        extra = set(t) - set(TestSetSpec.__dataclass_fields__)
-        if extra:
-            raise ValueError(f"{where}: unknown key(s) {sorted(extra)}")
-        if t["name"] in names:
-            raise ValueError(f"{where}: test set name {t['name']!r} used twice")
-        names.add(t["name"])
-        testsets.append(
-            TestSetSpec(
-                name=str(t["name"]),
-                manifest=_path(t["manifest"], base),
-                language=t.get("language"),
-                normalizer=_normalizer(t.get("normalizer", "multilingual"), where),
-                breakdown=list(t.get("breakdown") or []),
-                split=t.get("split", "test"),
-                text_column=t.get("text_column", "transcript"),
-                where=dict(t.get("where") or {}),
-                text_file=_bool(t.get("text_file", False), f"{where}: text_file"),
-                max_utterances=int(t.get("max_utterances", 0)),
-                max_seconds=None if t.get("max_seconds") is None else float(t["max_seconds"]),
-            )
-        )
-    models = []
-    for i, m in enumerate(doc.get("models") or []):
-        where = f"{source}: models[{i}]"
-        if not isinstance(m, dict) or not m.get("name") or not m.get("path"):
-            raise ValueError(f"{where}: needs a name and a path")
-        opts = dict(m.get("options") or {})
-        bad = set(opts) - set(MODEL_OPTIONS)
-        if bad:
-            raise ValueError(
-                f"{where}: unknown option(s) {sorted(bad)}; known: {list(MODEL_OPTIONS)}"
-            )
-        path = expand(str(m["path"]))
-        local = _path(path, base)
-        only = list(m.get("testsets") or [])
-        missing = set(only) - names
+    names: list[str] = []
+    for i, t in enumerate(f.testsets):
+        if t.name in names:
+            raise ConfigError(f"{source}: testsets[{i}].name: {t.name!r} used twice")
+        names.append(t.name)
+        t.manifest = _path(t.manifest, base)
+    for i, m in enumerate(f.models):
+        missing = [n for n in m.testsets if n not in names]
         if missing:
-            raise ValueError(f"{where}: no test set(s) named {sorted(missing)}")
-        model_path = local if Path(local).exists() else path
-        models.append(ModelSpec(str(m["name"]), model_path, opts, only))
-    if not testsets or not models:
-        raise ValueError(f"{source}: needs at least one test set and one model")
-    boot = doc.get("bootstrap") or {}
-    gate = doc.get("gate") or {}
+            raise ConfigError(
+                f"{source}: models[{i}].testsets: no test set named {missing[0]!r} "
+                f"(expected one of: {', '.join(names)})"
+            )
+        path = expand(m.path)
+        local = _path(path, base)
+        m.path = local if Path(local).exists() else path
+    if not f.testsets or not f.models:
+        raise ConfigError(
+            f"{source}: needs at least one test set (testsets) and one model (models)"
+        )
     return BenchConfig(
-        testsets=testsets,
-        models=models,
-        db=Path(_path(doc.get("db", "bench.sqlite"), base)),
-        report=Path(_path(doc["report"], base)) if doc.get("report") else None,
-        bootstrap_samples=int(boot.get("samples", 1000)),
-        seed=int(boot.get("seed", 0)),
-        max_wer_increase=float(gate.get("max_wer_increase", 0.005)),
+        testsets=f.testsets,
+        models=f.models,
+        db=Path(_path(f.db, base)),
+        report=Path(_path(f.report, base)) if f.report else None,
+        bootstrap_samples=f.bootstrap.samples,
+        seed=f.bootstrap.seed,
+        max_wer_increase=f.gate.max_wer_increase,
         source=source,
     )

@@ -1,22 +1,25 @@
 """Training recipes: a YAML file read into plain dataclasses, with `--set key=value` overrides.
 
 A recipe has five sections (model, data, augment, optim, train); every key and its default is
-below and in recipes/README.md. Unknown keys are errors, so a typo never trains silently with
-a default.
+below and in recipes/README.md. The dataclasses are the schema (asr.config.from_dict): an
+unknown key or a value of the wrong type is a ConfigError naming the file and the key, so a
+typo never trains silently with a default.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
-from asr.config import load_yaml
+from asr.config import ConfigError, from_dict, load_yaml, yaml_error
 
-KINDS = ("whisper", "ctc")
+Kind = Literal["whisper", "ctc"]
+KINDS = typing.get_args(Kind)
 OFFLINE_WHISPER_TOKENIZER = "offline:whisper-multilingual"
 
 
@@ -24,11 +27,11 @@ OFFLINE_WHISPER_TOKENIZER = "offline:whisper-multilingual"
 class ModelSpec:
     """What to train: a pretrained model (hub id or local folder) or a random-initialised one."""
 
-    kind: str = "whisper"
+    kind: Kind = "whisper"
     """whisper (sequence to sequence) or ctc (wav2vec2 with a CTC head)."""
     name: str | None = None
     """Hub id or local folder in Hugging Face format; with init=random, its config is the base."""
-    init: str = "pretrained"
+    init: Literal["pretrained", "random"] = "pretrained"
     """pretrained: load name's weights; random: build from `config` (tiny test models)."""
     config: dict = field(default_factory=dict)
     """Overrides of the Hugging Face model config (architecture, dropout, ...)."""
@@ -52,7 +55,7 @@ class DataSpec:
 
     train_split: str = "train"
     dev_split: str = "dev"
-    text_field: str = "text"
+    text_field: Literal["text", "text_normalized"] = "text"
     """Segment field the model learns: text (original orthography) or text_normalized."""
     min_seconds: float = 0.3
     max_seconds: float = 30.0
@@ -101,7 +104,7 @@ class OptimSpec:
 class TrainSpec:
     """Precision, memory, evaluation, checkpoints, logging."""
 
-    mixed_precision: str = "no"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     """no, fp16 or bf16."""
     gradient_checkpointing: bool = False
     seed: int = 42
@@ -111,7 +114,7 @@ class TrainSpec:
     early_stopping_patience: int = 0
     """Stop after this many evaluations without a better dev WER (0: never)."""
     log_every: int = 25
-    final: str = "best"
+    final: Literal["best", "last"] = "best"
     """What RUN_DIR/final holds: best (lowest dev WER) or last weights."""
     eval_batch_size: int = 16
     eval_max_new_tokens: int = 128
@@ -129,7 +132,7 @@ class Recipe:
     optim: OptimSpec = field(default_factory=OptimSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     description: str = ""
-    source: str = ""
+    source: str = field(default="", metadata={"internal": True})
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -138,99 +141,72 @@ class Recipe:
         return d
 
 
-_SECTIONS = {
-    "model": ModelSpec,
-    "data": DataSpec,
-    "augment": AugmentSpec,
-    "optim": OptimSpec,
-    "train": TrainSpec,
-}
-
-
-def _section(cls, values: dict, where: str):
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(names)}")
-    obj = cls()
-    for k, v in values.items():
-        default = getattr(obj, k)
-        if isinstance(default, bool) and not isinstance(v, bool):
-            raise ValueError(f"{where}.{k}: expected true or false, got {v!r}")
-        if isinstance(default, float) and not isinstance(v, bool) and isinstance(v, int | str):
-            try:  # YAML reads 1e-5 (no dot) as a string
-                v = float(v)
-            except ValueError:
-                raise ValueError(f"{where}.{k}: expected a number, got {v!r}") from None
-        if isinstance(default, tuple):
-            v = tuple(v)
-        ok_types = (type(default),) if default is not None else (object,)
-        if not isinstance(v, ok_types) and v is not None:
-            raise ValueError(f"{where}.{k}: expected {type(default).__name__}, got {v!r}")
-        setattr(obj, k, v)
-    return obj
-
-
 def recipe_from_dict(doc: dict, source: str = "<dict>") -> Recipe:
-    """A Recipe from a parsed document; ValueError names the file and the bad key."""
-    unknown = sorted(set(doc) - set(_SECTIONS) - {"description"})
-    if unknown:
-        raise ValueError(f"{source}: unknown section(s) {', '.join(unknown)}")
-    r = Recipe(description=str(doc.get("description", "")), source=source)
-    for name, cls in _SECTIONS.items():
-        values = doc.get(name) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{source}: section '{name}' must be a mapping")
-        setattr(r, name, _section(cls, values, f"{source}: {name}"))
+    """A Recipe from a parsed document; ConfigError (a ValueError) names the file and the key."""
+    r = from_dict(Recipe, doc, source)
+    r.source = source
     _check(r, source)
     return r
 
 
 def _check(r: Recipe, source: str) -> None:
-    if r.model.kind not in KINDS:
-        raise ValueError(f"{source}: model.kind must be one of {KINDS}, got {r.model.kind!r}")
-    if r.model.init not in ("pretrained", "random"):
-        raise ValueError(f"{source}: model.init must be pretrained or random")
+    """What the types alone do not say."""
+
+    def error(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{source}: {key}: {problem}", source, key)
+
     if r.model.init == "pretrained" and not r.model.name:
-        raise ValueError(f"{source}: model.name is needed with init=pretrained")
+        raise error("model.name", "needed with init: pretrained (a hub id or a folder)")
     if (
         r.model.init == "random"
         and r.model.kind == "whisper"
         and not (r.model.name or r.model.tokenizer)
     ):
-        raise ValueError(f"{source}: a random Whisper needs model.tokenizer (or model.name)")
-    if r.train.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ValueError(f"{source}: train.mixed_precision must be no, fp16 or bf16")
-    if r.train.final not in ("best", "last"):
-        raise ValueError(f"{source}: train.final must be best or last")
-    if r.data.text_field not in ("text", "text_normalized"):
-        raise ValueError(f"{source}: data.text_field must be text or text_normalized")
-    for name in ("epoch_steps", "max_batch_size", "bucket_buffer"):
-        if getattr(r.data, name) < 1:
-            raise ValueError(f"{source}: data.{name} must be at least 1")
-    if r.optim.max_steps < 1 or r.optim.grad_accum < 1:
-        raise ValueError(f"{source}: optim.max_steps and optim.grad_accum must be at least 1")
+        raise error("model.tokenizer", "a random Whisper needs a tokenizer (or model.name)")
+    for key in ("data.epoch_steps", "data.max_batch_size", "data.bucket_buffer"):
+        if getattr(r.data, key.split(".")[1]) < 1:
+            raise error(key, "must be at least 1")
+    for key in ("optim.max_steps", "optim.grad_accum"):
+        if getattr(r.optim, key.split(".")[1]) < 1:
+            raise error(key, "must be at least 1")
 
 
 def apply_overrides(doc: dict, overrides: list[str]) -> dict:
-    """`section.key=value` pairs (value read as YAML: 3, 1e-4, true, [1, 2]) set into doc."""
+    """`section.key=value` pairs (value read as YAML: 3, 1e-4, true, [1, 2]) set into doc;
+    ConfigError names the --set option."""
     for item in overrides:
+        where = f"--set {item!r}"
         if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected section.key=value")
+            raise ConfigError(f"{where}: expected section.key=value (e.g. optim.lr=1e-4)")
         path, value = item.split("=", 1)
         keys = path.strip().split(".")
-        if len(keys) < 2:
-            raise ValueError(f"--set {item!r}: expected section.key=value (e.g. optim.lr=1e-4)")
+        if len(keys) < 2 or not all(keys):
+            raise ConfigError(f"{where}: expected section.key=value (e.g. optim.lr=1e-4)")
         node = doc
         for k in keys[:-1]:
-            node = node.setdefault(k, {})
+            if node.get(k) is None:  # absent, or a section with nothing under it
+                node[k] = {}
+            node = node[k]
             if not isinstance(node, dict):
-                raise ValueError(f"--set {item!r}: {k} is not a section")
-        node[keys[-1]] = yaml.safe_load(value)
+                raise ConfigError(f"{where}: {k} is not a section")
+        try:
+            node[keys[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise yaml_error(where, e) from None
     return doc
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe file (yaml.safe_load) and apply `--set` overrides."""
+    """Read a recipe file (yaml.safe_load) and apply `--set` overrides; ConfigError names the
+    file, or the --set option, and the key."""
     doc, source = load_yaml(Path(path), "")
-    return recipe_from_dict(apply_overrides(doc, list(overrides or [])), source)
+    overrides = list(overrides or [])
+    try:
+        return recipe_from_dict(apply_overrides(doc, overrides), source)
+    except ConfigError as e:
+        # a bad value or key that came from --set: name the option rather than the file
+        for item in reversed(overrides):
+            if e.source == source and e.key == item.split("=", 1)[0].strip():
+                where = f"--set {item!r}"
+                raise ConfigError(f"{where}: {str(e)[len(source) + 2 :]}", where, e.key) from None
+        raise
