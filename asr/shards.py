@@ -5,17 +5,26 @@ Shards are `<split>-%06d.tar`, with a JSONL sidecar each and `shards.json` descr
 Splits are by recording (or speaker) from a hash of the seed and the group, so a group keeps its
 split when the archive grows. Only segments whose rights allow training are written. A shard is
 written under a temporary name and renamed when complete; a re-run skips samples already in
-complete shards, so an interrupted run continues without duplicates or partial shards.
+complete shards, so an interrupted run continues without duplicates or partial shards. A write
+error (disk full, quota, I/O error) abandons the open shards, removes their temporary files and
+fails the run with `ShardWriteError`; the same command run again then writes the shards an
+uninterrupted run would have written.
+
+Readers refuse what a shard written here never holds: shards.json entries that are not a file
+name in the shard folder, tar members whose names could escape a folder, and members that are
+not regular files (symbolic or hard links, devices, FIFOs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
 import re
+import tarfile
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -64,6 +73,14 @@ class ShardResult:
     skipped_no_text: int = 0
     errors: list[ErrorRecord] = field(default_factory=list)
     index: Path | None = None
+
+
+class ShardWriteError(OSError):
+    """A shard (or shards.json) could not be written; nothing partial of it was kept."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
 
 
 def sample_key(segment_id: str) -> str:
@@ -122,19 +139,24 @@ class _ShardWriter:
     def __init__(self, out_dir: Path, split: str, first_index: int, opts: ShardOptions):
         self.out_dir, self.split, self.index, self.opts = out_dir, split, first_index, opts
         self.tar: wds.TarWriter | None = None
+        self.file = self.sidecar = None
         self.written: dict[str, dict] = {}  # shard name -> info, for shards finished this run
 
     def write(self, key: str, flac: bytes, meta: dict) -> None:
+        """Add a sample; ShardWriteError (the open shard abandoned) where writing fails."""
         size = len(flac) + 2048
         if self.tar is not None and (
             self.count >= self.opts.max_count or self.size + size > self.opts.max_size
         ):
             self.close()
-        if self.tar is None:
-            self._open()
         meta_bytes = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
-        self.tar.write({"__key__": key, "flac": flac, "json": meta_bytes})
-        self.sidecar.write(json.dumps({"key": key, **meta}, ensure_ascii=False) + "\n")
+        try:
+            if self.tar is None:
+                self._open()
+            self.tar.write({"__key__": key, "flac": flac, "json": meta_bytes})
+            self.sidecar.write(json.dumps({"key": key, **meta}, ensure_ascii=False) + "\n")
+        except OSError as e:
+            raise self._fail(e) from e
         self.count += 1
         self.size += size + len(meta_bytes)
         self.seconds += meta["duration"]
@@ -143,41 +165,99 @@ class _ShardWriter:
         self.name = f"{self.split}-{self.index:06d}.tar"
         self.tmp_tar = self.out_dir / f".{self.name}.tmp"
         self.tmp_sidecar = self.out_dir / f".{self.name[:-4]}.jsonl.tmp"
+        self.count, self.size, self.seconds = 0, 0, 0.0
         self.file = open(self.tmp_tar, "wb")
         self.tar = wds.TarWriter(self.file, mtime=0)  # mtime 0: same input, same bytes
         self.sidecar = open(self.tmp_sidecar, "w", encoding="utf-8")
-        self.count, self.size, self.seconds = 0, 0, 0.0
 
     def close(self) -> None:
-        """Finish the open shard: sidecar renamed first, the tar last (the commit point)."""
+        """Finish the open shard: sidecar renamed first, the tar last (the commit point).
+        ShardWriteError (the shard abandoned, its sidecar too) where writing fails."""
         if self.tar is None:
             return
-        self.tar.close()
-        self.file.close()
-        self.sidecar.close()
-        for f in (self.tmp_sidecar, self.tmp_tar):
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.replace(self.tmp_sidecar, self.out_dir / f"{self.name[:-4]}.jsonl")
-        os.replace(self.tmp_tar, self.out_dir / self.name)
+        sidecar = self.out_dir / f"{self.name[:-4]}.jsonl"
+        try:
+            self.tar.close()
+            self.file.close()
+            self.sidecar.close()
+            for f in (self.tmp_sidecar, self.tmp_tar):
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            os.replace(self.tmp_sidecar, sidecar)
+            os.replace(self.tmp_tar, self.out_dir / self.name)
+        except OSError as e:
+            if not (self.out_dir / self.name).exists():
+                sidecar.unlink(missing_ok=True)  # a sidecar without its tar is no shard
+            raise self._fail(e) from e
         self.written[self.name] = {"samples": self.count, "seconds": self.seconds}
-        self.tar = None
+        self.tar = self.file = self.sidecar = None
         self.index += 1
+
+    def abort(self) -> None:
+        """Abandon the open shard, if any: close its files, remove them (nothing is renamed)."""
+        if self.tar is None and self.file is None:
+            return
+        # close the tar first (it marks its stream closed, which would else write at exit),
+        # then the files; writing what is buffered may fail again (the disk still full)
+        for f in (self.tar, self.file, self.sidecar):
+            if f is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    f.close()
+        self.tar = self.file = self.sidecar = None
+        for p in (self.tmp_tar, self.tmp_sidecar):
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("%s: could not remove (%s)", p, e)
+
+    def _fail(self, e: OSError) -> ShardWriteError:
+        """Abandon the open shard; the error to raise, naming the shard and the reason."""
+        self.abort()
+        reason = e.strerror or str(e)
+        return ShardWriteError(
+            f"{self.out_dir / self.name}: cannot write the shard ({reason}); it was not kept. "
+            "Free space (or fix the error) and run the same command again to continue",
+            e.errno,
+        )
 
 
 def _existing_shards(out_dir: Path) -> dict[str, list[str]]:
     """Complete shards of an earlier run, by split, with the keys in each; clears leftovers."""
     for leftover in out_dir.glob(".*.tmp"):
         leftover.unlink()
-    shards: dict[str, list[str]] = {}
-    for tar in sorted(out_dir.glob("*.tar")):
-        if _SHARD_RE.match(tar.name):
-            with open(tar.with_suffix(".jsonl"), encoding="utf-8") as f:
-                shards[tar.name] = [json.loads(line)["key"] for line in f if line.strip()]
     for sidecar in out_dir.glob("*.jsonl"):
         if _SHARD_RE.match(sidecar.stem + ".tar") and not sidecar.with_suffix(".tar").exists():
             sidecar.unlink()  # killed between the two renames: the tar was never committed
+    shards: dict[str, list[str]] = {}
+    for tar in sorted(out_dir.glob("*.tar")):
+        if _SHARD_RE.match(tar.name):
+            shards[tar.name] = _committed_keys(tar)
     return shards
+
+
+def _committed_keys(tar: Path) -> list[str]:
+    """The keys of a complete shard from its sidecar, checked against the tar's member names
+    (a header scan, no audio read); ValueError where the two disagree or either is damaged."""
+    sidecar = tar.with_suffix(".jsonl")
+    try:
+        with open(sidecar, encoding="utf-8") as f:
+            keys = [json.loads(line)["key"] for line in f if line.strip()]
+        members: list[tuple[str, str]] = []
+        with tarfile.open(tar) as tf:
+            for m in tf:
+                check_member(str(tar), m)
+                key, _, ext = m.name.partition(".")
+                members.append((key, ext))
+        expected = [(k, ext) for k in keys for ext in ("flac", "json")]
+        problem = None if members == expected else "its members are not those the sidecar lists"
+    except (OSError, ValueError, KeyError, TypeError, tarfile.TarError) as e:
+        problem = f"{type(e).__name__}: {e}"
+    if problem:
+        raise ValueError(
+            f"{tar}: a damaged shard from an earlier run ({problem}); delete {tar.name} and "
+            f"{sidecar.name} and run the same command again to write their samples anew"
+        )
+    return keys
 
 
 def shard(segments_path: Path, out_dir: Path, options: ShardOptions | None = None) -> ShardResult:
@@ -216,28 +296,41 @@ def shard(segments_path: Path, out_dir: Path, options: ShardOptions | None = Non
         next_index[split] = max(next_index[split], int(idx) + 1)
     writers = {sp: _ShardWriter(out_dir, sp, next_index[sp], opts) for sp in SPLITS}
 
+    # recordings in the order of their first segment in the manifest, done ones included: a
+    # re-run then writes the rest in the order of an uninterrupted run, so the same shards
     by_rec: dict[str, list[Segment]] = defaultdict(list)
     for s in keep:
+        todo = by_rec[s.recording_id]
         if sample_key(s.id) in done:
             result.resumed_samples += 1
         else:
-            by_rec[s.recording_id].append(s)
+            todo.append(s)
     total_s = sum(s.duration for segs in by_rec.values() for s in segs)
     bar = progress_bar("shard", total_s / 3600, opts.progress)
-    for rid, segs in by_rec.items():
-        rec = recordings[rid]
-        try:
-            for seg, audio in _cut(rec, segs):
-                meta = _metadata(seg, rec)
-                writers[seg.split].write(sample_key(seg.id), _flac(audio), meta)
-                bar.update(seg.duration / 3600)
-        except (AudioError, OSError) as e:
-            reason = e.reason if isinstance(e, AudioError) else str(e)
-            result.errors.append(ErrorRecord(rec.path, reason, "shard", rec.id))
-    bar.close()
-    for w in writers.values():
-        w.close()
-    _write_index(out_dir, existing, writers, result)
+    try:
+        for rid, segs in by_rec.items():
+            if not segs:
+                continue
+            rec = recordings[rid]
+            try:
+                for seg, audio in _cut(rec, segs):
+                    meta = _metadata(seg, rec)
+                    writers[seg.split].write(sample_key(seg.id), _flac(audio), meta)
+                    bar.update(seg.duration / 3600)
+            except ShardWriteError:
+                raise  # the output failed, not this recording: stop the run
+            except (AudioError, OSError) as e:
+                reason = e.reason if isinstance(e, AudioError) else str(e)
+                result.errors.append(ErrorRecord(rec.path, reason, "shard", rec.id))
+        for w in writers.values():
+            w.close()
+        _write_index(out_dir, existing, writers, result)
+    except BaseException:
+        for w in writers.values():  # shards still open are not kept (a re-run writes them)
+            w.abort()
+        raise
+    finally:
+        bar.close()
     return result
 
 
@@ -310,23 +403,114 @@ def _write_index(
         }
     index["skipped"] = {"rights": result.skipped_rights, "no_text": result.skipped_no_text}
     tmp = out_dir / ".shards.json.tmp"
-    tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / "shards.json")
+    try:
+        tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, out_dir / "shards.json")
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ShardWriteError(
+            f"{out_dir / 'shards.json'}: cannot write the index ({e.strerror or e}); the shards "
+            "are complete: free space and run the same command again to write it",
+            e.errno,
+        ) from e
 
 
 def shard_paths(shard_dir: str | os.PathLike, split: str) -> list[str]:
-    """Paths of a split's shards, as listed in SHARD_DIR/shards.json."""
+    """Paths of a split's shards, as listed in SHARD_DIR/shards.json; ValueError for an entry
+    that is not a file name in SHARD_DIR (an absolute path, `..`, a folder)."""
     shard_dir = Path(shard_dir)
-    index = json.loads((shard_dir / "shards.json").read_text(encoding="utf-8"))
-    return [str(shard_dir / s["name"]) for s in index["splits"][split]["shards"]]
+    index_path = shard_dir / "shards.json"
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    try:
+        shards = index["splits"][split]["shards"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{index_path}: no '{split}' split") from e
+    paths = []
+    for s in shards:
+        name = s.get("name") if isinstance(s, dict) else None
+        if (
+            not isinstance(name, str)
+            or name in ("", ".", "..")
+            or "/" in name
+            or "\\" in name
+            or "\0" in name
+            or os.path.isabs(name)
+        ):
+            raise ValueError(
+                f"{index_path}: refusing shard {name!r} (not a file name in the shard folder)"
+            )
+        paths.append(str(shard_dir / name))
+    return paths
+
+
+def _unsafe_name(name: str) -> bool:
+    return os.path.isabs(name) or ".." in Path(name).parts
 
 
 def safe_key(sample: dict) -> str:
     """A sample's key; ValueError for a tar member name that could escape a folder."""
     key = sample["__key__"]
-    if os.path.isabs(key) or ".." in Path(key).parts:
+    if _unsafe_name(key):
         raise ValueError(f"{sample.get('__url__')}: refusing tar member '{key}' (unsafe path)")
     return key
+
+
+def check_member(tar: str, member: tarfile.TarInfo) -> None:
+    """ValueError naming the tar and the member for one a shard never holds: a name that could
+    escape a folder, or a member that is not a regular file (folders pass: they hold nothing)."""
+    if _unsafe_name(member.name):
+        raise ValueError(f"{tar}: refusing tar member '{member.name}' (unsafe path)")
+    if member.isreg() or member.isdir():
+        return
+    if member.issym():
+        kind = f"a symbolic link to '{member.linkname}'"
+    elif member.islnk():
+        kind = f"a hard link to '{member.linkname}'"
+    elif member.ischr() or member.isblk():
+        kind = "a device"
+    elif member.isfifo():
+        kind = "a FIFO"
+    else:
+        kind = f"of tar type {member.type!r}"
+    raise ValueError(f"{tar}: refusing tar member '{member.name}' ({kind}, not a regular file)")
+
+
+def check_tar(path: str | os.PathLike) -> None:
+    """Check every member of a local tar with `check_member` (a scan of the headers only)."""
+    with tarfile.open(path) as tf:
+        for member in tf:
+            check_member(str(path), member)
+
+
+def _local_tar(url: str) -> str | None:
+    """The file path of a shard URL that names a local file; None for pipe:, http: and such."""
+    if url.startswith("file:"):
+        url = url[len("file:") :]
+    elif "://" in url or url.startswith("pipe:"):
+        return None
+    return url if os.path.isfile(url) else None
+
+
+def _checked_tars(src: Iterator[dict]) -> Iterator[dict]:
+    """Pipeline stage before webdataset opens each shard: `check_tar` on the local ones
+    (webdataset itself skips non-regular members without a word)."""
+    for item in src:
+        path = _local_tar(item["url"]) if isinstance(item, dict) and "url" in item else None
+        if path is not None:
+            check_tar(path)
+        yield item
+
+
+def _webdataset(urls, **kwargs) -> wds.WebDataset:
+    """wds.WebDataset with `_checked_tars` just before the stage that opens the shards."""
+    ds = wds.WebDataset(urls, **kwargs)
+    stages = ds.pipeline
+    at = next(
+        (i for i, st in enumerate(stages) if type(st).__name__ in ("StreamingOpen", "FileCache")),
+        1,  # another webdataset: right after the URL source
+    )
+    stages.insert(at, _checked_tars)
+    return ds
 
 
 @dataclass
@@ -357,8 +541,9 @@ class RawSample:
 
 def read_raw(urls: list[str]) -> Iterator[RawSample]:
     """Samples of the tars in order, audio not decoded (training plans batches from the
-    durations first); refuses unsafe member names, skips samples lacking flac or json."""
-    ds = wds.WebDataset(
+    durations first); refuses unsafe and non-regular members, skips samples lacking flac or
+    json."""
+    ds = _webdataset(
         urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False
     )
     for s in ds:
@@ -370,7 +555,10 @@ def read_raw(urls: list[str]) -> Iterator[RawSample]:
 
 
 def _decode_sample(sample: dict) -> tuple[np.ndarray, dict]:
-    safe_key(sample)
+    key = safe_key(sample)
+    for ext in ("flac", "json"):
+        if ext not in sample:
+            raise ValueError(f"{sample.get('__url__')}: sample '{key}' has no {ext} member")
     audio, sr = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
     meta = json.loads(sample["json"])
     meta["__key__"] = sample["__key__"]
@@ -389,7 +577,7 @@ def read_shards(urls: str | list[str], shuffle: int = 0, **kwargs) -> wds.WebDat
         raise ValueError("no shards to read (an empty split?)")
     kwargs.setdefault("shardshuffle", False)
     kwargs.setdefault("empty_check", False)
-    ds = wds.WebDataset(urls, **kwargs)
+    ds = _webdataset(urls, **kwargs)
     if shuffle:
         ds = ds.shuffle(shuffle)
     return ds.map(_decode_sample)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asr.shards import shard_paths
 from asr.train.data import RawSample
 from asr.train.recipe import OFFLINE_WHISPER_TOKENIZER, Recipe
 
@@ -38,9 +39,8 @@ def _augment_config(recipe: Recipe) -> dict:
 
 def _shard_texts(shard_dir: Path, split: str, field: str):
     """Texts of a split from the shards' JSONL sidecars (no tar needs reading)."""
-    index = json.loads((shard_dir / "shards.json").read_text(encoding="utf-8"))
-    for s in index["splits"][split]["shards"]:
-        sidecar = shard_dir / (s["name"][: -len(".tar")] + ".jsonl")
+    for tar in shard_paths(shard_dir, split):  # each entry checked to stay in shard_dir
+        sidecar = Path(tar[: -len(".tar")] + ".jsonl")
         with open(sidecar, encoding="utf-8") as f:
             for line in f:
                 if line.strip():
