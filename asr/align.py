@@ -30,19 +30,18 @@ from asr.engine.transcribe import Job, TranscribeOptions, Transcriber, output_ke
 from asr.engine.whisper import DecodeOptions
 from asr.manifest import (
     ErrorRecord,
-    ManifestError,
     Recording,
     Segment,
     TranscriptError,
     atomic_output,
-    iter_json_lines,
     read_recordings,
     write_manifest,
 )
 from asr.outputs import Transcript
 from asr.progress import bar as progress_bar
+from asr.stage import Journal, journal_path
 from asr.textnorm import NormText, Rules, normalise, normalise_word
-from asr.vad import FRAME_S, SegmentOptions, SileroVad, speech_regions
+from asr.vad import FRAME_S, SegmentOptions, SileroVad, segment_id, speech_regions
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +232,7 @@ def align_recording(
         hi = min(rec.duration, end + opts.pad, spans[k + 1][1] if k + 1 < len(spans) else 1e12)
         segments.append(
             Segment(
-                id=f"{rec.id}_a{k:05d}",
+                id=segment_id(rec.id, round(lo, 3), round(hi, 3)),
                 recording_id=rec.id,
                 start=round(lo, 3),
                 end=round(hi, 3),
@@ -391,6 +390,7 @@ def refine(
             drop(s, f"shorter than {opts.min_duration} s after CTC alignment")
             continue
         s.start, s.end = round(start, 3), round(end, 3)
+        s.id = segment_id(rec.id, s.start, s.end)
         s.scores = {**s.scores, "ctc": round(al.score, 4)}
         prev_end = s.end
         kept.append(s)
@@ -418,11 +418,12 @@ def align(recordings: Path, out: Path, options: AlignOptions | None = None) -> A
     result = AlignResult(
         manifest=out, report=out.with_name(out.name.split(".")[0] + ".report.json")
     )
-    journal = out.with_name(f".{out.name}.journal")
-    done = _read_journal(journal)
-    todo = [r for r in recs if (r.id, r.sha256) not in done]
+    model = opts.model or default_align_model()
+    journal = Journal(journal_path(out), _journal_key(opts, model, rules))
+    entries = journal.open().entries
+    done = {r.id: entries[r.id] for r in recs if entries.get(r.id, {}).get("sha256") == r.sha256}
+    todo = [r for r in recs if r.id not in done]
     if todo:
-        model = opts.model or default_align_model()
         topts = TranscribeOptions(
             model=model,
             formats=(),
@@ -441,21 +442,19 @@ def align(recordings: Path, out: Path, options: AlignOptions | None = None) -> A
             aligner = CtcAligner(opts.ctc_model, device=opts.device)
         texts: dict[str, str] = {}
         bar = progress_bar("align", sum(r.duration for r in todo) / 3600, opts.progress)
-        with open(journal, "a", encoding="utf-8") as jf:
+        try:
             for rec in todo:  # an unreadable transcript fails its recording, before the model
                 try:
                     texts[rec.id] = rec.reference_text() or ""
                 except TranscriptError as e:
-                    entry = {"id": rec.id, "sha256": rec.sha256, "error": str(e)}
-                    jf.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                    done[(rec.id, rec.sha256)] = entry
+                    done[rec.id] = journal.add(rec.id, {"sha256": rec.sha256, "error": str(e)})
                     bar.update(rec.duration / 3600)
             by_key = {output_key(r.id): r for r in todo if r.id in texts}
             jobs = [Job(k, r.path, r.id, r.language) for k, r in by_key.items()]
             for fin in transcriber.run(jobs):
                 rec = by_key[fin.key]
                 if fin.error is not None:
-                    entry = {"id": rec.id, "sha256": rec.sha256, "error": fin.error}
+                    entry = {"sha256": rec.sha256, "error": fin.error}
                 else:
                     segs, report = align_recording(
                         rec,
@@ -468,21 +467,20 @@ def align(recordings: Path, out: Path, options: AlignOptions | None = None) -> A
                     if aligner is not None and segs:
                         segs = refine(rec, segs, aligner, opts, report)
                     entry = {
-                        "id": rec.id,
                         "sha256": rec.sha256,
                         "segments": [asdict(s) for s in segs],
                         "report": report,
                     }
-                jf.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                jf.flush()
-                done[(rec.id, rec.sha256)] = entry
+                done[rec.id] = journal.add(rec.id, entry)
                 bar.update(rec.duration / 3600)
-        bar.close()
+        finally:
+            bar.close()
+            journal.close()
 
     reports = []
     segments: list[Segment] = []
     for rec in recs:
-        entry = done.get((rec.id, rec.sha256))
+        entry = done.get(rec.id)
         if entry is None:
             continue
         if "error" in entry:
@@ -512,16 +510,14 @@ def align(recordings: Path, out: Path, options: AlignOptions | None = None) -> A
     }
     with atomic_output(result.report) as f:
         json.dump(summary, f, ensure_ascii=False, indent=2)
-    journal.unlink(missing_ok=True)
+    journal.remove()
     return result
 
 
-def _read_journal(journal: Path) -> dict[tuple[str, str], dict]:
-    done: dict[tuple[str, str], dict] = {}
-    if journal.exists():
-        try:
-            for _, obj in iter_json_lines(journal):
-                done[(obj["id"], obj["sha256"])] = obj
-        except ManifestError:
-            pass  # the last line was cut short by a kill; the ones before it stand
-    return done
+def _journal_key(opts: AlignOptions, model: str | None, rules: Rules) -> dict:
+    """What changes the segments of a recording: every option but the progress bar and the
+    batch size (a recording's transcript does not depend on its batch), with the model as
+    resolved and the rules as loaded."""
+    key = {k: v for k, v in asdict(opts).items() if k not in ("progress", "batch_size")}
+    key.update(model=model, rules=[[name, pat.pattern] for name, pat in rules.remove])
+    return {"stage": "align", **key}

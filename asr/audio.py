@@ -7,12 +7,14 @@ recording's length; resampling to the models' 16 kHz mono happens in the same pa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import av
+import av.logging
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,20 @@ class AudioInfo:
     channels: int
     format: str
     codec: str
+    declared_duration: float | None = None
+    """Seconds the file's header claims (None when it claims none, or FFmpeg only estimated it
+    from the bitrate); more than `duration` when the file is cut short."""
+    warnings: list[str] = field(default_factory=list)
+    """What went wrong while decoding: skipped packets, audio missing against the header's
+    claim, FFmpeg's own warnings. Empty for a sound file."""
+
+
+MAX_WARNINGS = 10
+"""At most this many distinct FFmpeg messages are kept per file."""
+SHORTFALL = (0.5, 0.01)
+"""Decoded audio this much shorter than declared (seconds, or share of it) is reported."""
+_ESTIMATED = "Estimating duration from bitrate"
+"""FFmpeg's note that a duration is a guess (mp3 without a header, wav with a wrong size)."""
 
 
 def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.audio.AudioStream]:
@@ -75,11 +91,16 @@ def _reason(e: Exception) -> str:
 
 
 def _frames(
-    path: str | os.PathLike, container: av.container.InputContainer, stream: av.audio.AudioStream
+    path: str | os.PathLike,
+    container: av.container.InputContainer,
+    stream: av.audio.AudioStream,
+    problems: list[str] | None = None,
 ) -> Iterator[av.AudioFrame]:
-    """Decoded frames, skipping packets the decoder rejects (as ffmpeg does) but counting them."""
+    """Decoded frames, skipping packets the decoder rejects (as ffmpeg does) but counting them
+    (and, given a problems list, saying how many there were and why in it)."""
     errors = 0
     decoded = 0
+    first = ""
     try:
         for packet in container.demux(stream):
             try:
@@ -89,12 +110,15 @@ def _frames(
             except av.FFmpegError as e:
                 errors += 1
                 if errors == 1:
-                    log.debug("%s: skipping undecodable packet (%s)", path, _reason(e))
+                    first = _reason(e)
+                    log.debug("%s: skipping undecodable packet (%s)", path, first)
     except av.FFmpegError as e:
         raise AudioError(path, f"demuxing failed ({_reason(e)})") from None
     if decoded == 0:
         raise AudioError(path, "no audio samples could be decoded" + _errs(errors))
-    if errors:
+    if errors and problems is not None:  # the caller reports them
+        problems.append(f"{errors} undecodable packet(s) skipped (first: {first})")
+    elif errors:
         log.warning("%s: %d undecodable packet(s) skipped", path, errors)
 
 
@@ -103,23 +127,87 @@ def _errs(errors: int) -> str:
 
 
 def probe(path: str | os.PathLike) -> AudioInfo:
-    """Decode the whole file to learn its true duration; raise AudioError if it is not audio."""
-    container, stream = _open(path)
-    with container:
-        samples = 0
-        rate = stream.codec_context.sample_rate or stream.sample_rate
-        channels = stream.codec_context.channels if hasattr(stream.codec_context, "channels") else 0
-        for frame in _frames(path, container, stream):
-            samples += frame.samples
-            rate = frame.sample_rate or rate
-            channels = frame.layout.nb_channels or channels
-        return AudioInfo(
-            duration=samples / rate,
-            sample_rate=int(rate),
-            channels=int(channels),
-            format=container.format.name,
-            codec=stream.codec_context.name,
+    """Decode the whole file to learn its true duration; raise AudioError if it is not audio.
+
+    What the decode ran into is in the result's `warnings`: skipped packets, FFmpeg's warnings
+    and errors, and audio missing against what the header declares (a file cut short: the first
+    half of an mp3 decodes without an error, but its header still claims the whole)."""
+    problems: list[str] = []
+    with _ffmpeg_messages() as messages:
+        container, stream = _open(path)
+        with container:
+            # one decoding thread: FFmpeg's threads would log into Python from outside it
+            stream.thread_type = "NONE"
+            samples = 0
+            rate = stream.codec_context.sample_rate or stream.sample_rate
+            cc = stream.codec_context
+            channels = cc.channels if hasattr(cc, "channels") else 0
+            for frame in _frames(path, container, stream, problems):
+                samples += frame.samples
+                rate = frame.sample_rate or rate
+                channels = frame.layout.nb_channels or channels
+            declared = _declared_duration(container, stream)
+            fmt, codec = container.format.name, stream.codec_context.name
+    duration = samples / rate
+    if any(_ESTIMATED in m for m in messages):
+        declared = None  # a guess from the bitrate, not the file's claim
+    if declared is not None and declared - duration > max(SHORTFALL[0], SHORTFALL[1] * declared):
+        problems.insert(
+            0,
+            f"only {duration:.2f} s of the {declared:.2f} s the file declares could be decoded "
+            f"({duration / declared:.0%}): the file is probably truncated",
         )
+    problems.extend(m for m in messages if _ESTIMATED not in m)
+    return AudioInfo(
+        duration=duration,
+        sample_rate=int(rate),
+        channels=int(channels),
+        format=fmt,
+        codec=codec,
+        declared_duration=None if declared is None else round(declared, 6),
+        warnings=problems,
+    )
+
+
+def _declared_duration(
+    container: av.container.InputContainer, stream: av.audio.AudioStream
+) -> float | None:
+    """Seconds of audio the stream's (or else the container's) header declares, if any."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration and container.duration > 0:
+        return container.duration / av.time_base
+    return None
+
+
+@contextlib.contextmanager
+def _ffmpeg_messages() -> Iterator[list[str]]:
+    """Collect FFmpeg's warnings and errors logged in the block, as distinct 'who: message'
+    lines (at most MAX_WARNINGS, the last telling how many more), instead of losing them.
+
+    FFmpeg logs through one global hook: the block captures what every thread logs meanwhile,
+    so use it where one file is decoded at a time (as ingest's worker processes do)."""
+    level, skip = av.logging.get_level(), av.logging.get_skip_repeated()
+    av.logging.set_level(av.logging.WARNING if level is None else max(level, av.logging.WARNING))
+    av.logging.set_skip_repeated(False)
+    messages: list[str] = []
+    try:
+        with av.logging.Capture(local=False) as logs:
+            yield messages
+    finally:
+        av.logging.set_skip_repeated(skip)
+        av.logging.set_level(level)
+        seen: dict[str, int] = {}
+        for lib_level, name, message in logs:
+            if lib_level > av.logging.WARNING:
+                continue
+            text = f"{name}: {message.strip()}" if name else message.strip()
+            seen[text] = seen.get(text, 0) + 1
+        for text, n in seen.items():
+            messages.append(text if n == 1 else f"{text} ({n} times)")
+        if len(messages) > MAX_WARNINGS:
+            more = len(messages) - MAX_WARNINGS + 1
+            messages[MAX_WARNINGS - 1 :] = [f"... and {more} other FFmpeg messages"]
 
 
 def stream(

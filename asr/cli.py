@@ -87,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
         help="rights policy YAML (default: public domain, CC0, CC BY, CC BY-SA may train; "
         "anything else only transcribe)",
     )
+    p.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="accept catalogue paths and transcripts (and symbolic links) that lead outside the "
+        "holdings: the catalogue's folder and the HOLDINGS given. Without it such a row is "
+        "refused (a failed item naming the row, the column and why) and the rest are ingested",
+    )
     p.add_argument("--workers", type=int, default=0, help="decoding processes; 0: one per CPU")
     p.add_argument("--strict", action="store_true", help="exit 2 if any file failed")
     _common(p)
@@ -487,17 +494,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         policy=args.policy,
         workers=args.workers,
         progress=_progress(args),
+        allow_outside=args.allow_outside,
     )
     r = ingest(args.holdings, args.out, opts)
     log.info(
-        "ingest: %d recordings (%.2f h), %d decoded, %d unchanged, %d failed -> %s",
+        "ingest: %d recordings (%.2f h), %d decoded, %d unchanged, %d with decode warnings, "
+        "%d failed -> %s",
         r.recordings,
         r.hours,
         r.decoded,
         r.unchanged,
+        r.warned,
         len(r.errors),
         r.manifest,
     )
+    if r.warned:
+        log.info("decode warnings: see `warnings` in %s", r.manifest)
     if r.errors:
         log.info("what failed, and why: %s", r.errors_manifest)
     return _report_errors(r.errors, args.strict)

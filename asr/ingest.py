@@ -8,12 +8,9 @@ changed files (by size and modification time); an interrupted run resumes from a
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import csv
 import hashlib
-import json
 import logging
-import multiprocessing
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -24,12 +21,12 @@ from asr.manifest import (
     ErrorRecord,
     ManifestError,
     Recording,
-    iter_json_lines,
     read_recordings,
     write_manifest,
 )
 from asr.progress import bar as progress_bar
 from asr.rights import RightsPolicy
+from asr.stage import Crashed, Journal, process_map
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +34,9 @@ CATALOGUE_FIELDS = ("id", "path", "title", "date", "collection", "language", "ri
 """Catalogue columns with a meaning; `transcript`, `text` and `speakers` too. Others: metadata."""
 TEXT_FIELDS = ("transcript", "text", "speakers")
 JOURNAL = ".ingest-journal.jsonl"
+_JOURNAL_KEY = {"stage": "ingest", "facts": 1}
+"""The journal's options key: no option changes a file's audio facts; bump `facts` when
+`_decode_one` changes what it measures, so that an interrupted run's facts are not reused."""
 
 
 @dataclass
@@ -51,6 +51,9 @@ class IngestOptions:
     """Decoding processes; 0 means one per CPU."""
     progress: bool | None = None
     """Show a progress bar: True, False, or None for 'when stderr is a terminal'."""
+    allow_outside: bool = False
+    """Accept catalogue paths (and symbolic links) that lead outside the holdings: the
+    catalogue's folder and the holdings folders given. Without it such a row is refused."""
 
 
 @dataclass
@@ -61,6 +64,8 @@ class IngestResult:
     decoded: int = 0
     unchanged: int = 0
     hours: float = 0.0
+    warned: int = 0
+    """Recordings whose decode reported problems (their `warnings`): usable, but check them."""
     errors: list[ErrorRecord] = field(default_factory=list)
     manifest: Path | None = None
     errors_manifest: Path | None = None
@@ -74,6 +79,9 @@ class _Item:
     path: Path
     row: dict[str, str] = field(default_factory=dict)
     catalogue_dir: Path | None = None
+    transcript: Path | None = None
+    refused: str | None = None
+    """Why the catalogue row is not ingested (a path outside the holdings), or None."""
 
 
 def ingest(
@@ -90,7 +98,8 @@ def ingest(
 
     items, errors = _collect(holdings, options)
     result.errors.extend(errors)
-    cache = _load_cache(result.manifest, out_dir / JOURNAL)
+    journal = Journal(out_dir / JOURNAL, _JOURNAL_KEY).open()
+    cache = _load_cache(result.manifest, journal)
 
     todo: list[_Item] = []
     known: dict[str, dict] = {}
@@ -108,7 +117,7 @@ def ingest(
             todo.append(item)
 
     if todo:
-        for item, audio in _decode_all(todo, out_dir / JOURNAL, options):
+        for item, audio in _decode_all(todo, journal, options):
             if isinstance(audio, str):
                 result.errors.append(_error(item, audio))
             else:
@@ -123,11 +132,14 @@ def ingest(
         rec, problems = _recording(item, audio, policy)
         recordings.append(rec)
         result.errors.extend(problems)
+        if rec.warnings:
+            result.warned += 1
+            log.warning("%s: decoded with warnings: %s", rec.path, "; ".join(rec.warnings))
     result.recordings = len(recordings)
     result.hours = sum(r.duration for r in recordings) / 3600
     write_manifest(result.manifest, recordings)
     write_manifest(result.errors_manifest, result.errors)
-    (out_dir / JOURNAL).unlink(missing_ok=True)
+    journal.remove()
     return result
 
 
@@ -141,8 +153,12 @@ def _collect(holdings: list[Path], options: IngestOptions) -> tuple[list[_Item],
     errors: list[ErrorRecord] = []
     seen_ids: set[str] = set()
     seen_paths: set[Path] = set()
+    roots = None if options.allow_outside else _roots(holdings, options.catalogue)
     if options.catalogue is not None:
-        for item in read_catalogue(options.catalogue, options.columns):
+        for item in read_catalogue(options.catalogue, options.columns, roots):
+            if item.refused:
+                errors.append(_error(item, item.refused))
+                continue
             if item.id in seen_ids:
                 errors.append(_error(item, f"duplicate id '{item.id}' in {options.catalogue}"))
                 continue
@@ -160,6 +176,10 @@ def _collect(holdings: list[Path], options: IngestOptions) -> tuple[list[_Item],
                 continue
             rel = path.name if root.is_file() else path.relative_to(root).as_posix()
             item_id = rel if rel not in seen_ids else path.as_posix()
+            if roots is not None and path.is_symlink() and not _inside(path.resolve(), roots):
+                reason = f"a symbolic link to {path.resolve()}, {_outside(roots)}"
+                errors.append(ErrorRecord(str(path), reason, "ingest", id=item_id))
+                continue
             seen_ids.add(item_id)
             seen_paths.add(path)
             items.append(_Item(id=item_id, path=path))
@@ -180,8 +200,30 @@ def _media_files(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
-def read_catalogue(path: Path, columns: dict[str, str] | None = None) -> Iterator[_Item]:
-    """Rows of a catalogue CSV as items; paths relative to the CSV's folder."""
+def _roots(holdings: list[Path], catalogue: Path | None) -> list[Path]:
+    """Where the holdings are: the catalogue's folder and each holdings folder (or file)."""
+    roots = [Path(catalogue).resolve().parent] if catalogue is not None else []
+    return roots + [Path(h).resolve() for h in holdings]
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    """Whether a resolved path is one of roots or under one."""
+    return any(path.is_relative_to(root) for root in roots)
+
+
+def _outside(roots: list[Path]) -> str:
+    where = ", ".join(str(r) for r in roots)
+    folder = "folder" if len(roots) == 1 else "folders"
+    return f"outside the holdings {folder} ({where}); --allow-outside accepts it"
+
+
+def read_catalogue(
+    path: Path, columns: dict[str, str] | None = None, roots: list[Path] | None = None
+) -> Iterator[_Item]:
+    """Rows of a catalogue CSV as items; paths relative to the CSV's folder.
+
+    Given roots, a row whose `path` or `transcript` leads outside them (an absolute path, `..`,
+    a symbolic link) comes back `refused`, with its row number, the column and why."""
     path = Path(path).resolve()
     rename = {theirs: ours for ours, theirs in (columns or {}).items()}
     with open(path, encoding="utf-8-sig", newline="") as f:
@@ -195,12 +237,28 @@ def read_catalogue(path: Path, columns: dict[str, str] | None = None) -> Iterato
                 log.warning("%s:%d: row without a path, skipped", path, lineno)
                 continue
             file = (path.parent / row["path"]).resolve()
+            tfile = (path.parent / row["transcript"]).resolve() if row.get("transcript") else None
+            refused = None
+            for column, target in (("path", file), ("transcript", tfile)):
+                if roots is not None and target is not None and not _inside(target, roots):
+                    value = row[column]
+                    to = "" if value == str(target) else f" (which resolves to {target})"
+                    refused = (
+                        f"{path.name} row {lineno}, column '{column}': '{value}'{to} "
+                        f"is {_outside(roots)}"
+                    )
+                    break
             yield _Item(
-                id=row.get("id") or row["path"], path=file, row=row, catalogue_dir=path.parent
+                id=row.get("id") or row["path"],
+                path=file,
+                row=row,
+                catalogue_dir=path.parent,
+                transcript=tfile,
+                refused=refused,
             )
 
 
-def _load_cache(manifest: Path, journal: Path) -> dict[str, dict]:
+def _load_cache(manifest: Path, journal: Journal) -> dict[str, dict]:
     """Audio facts from an earlier run's manifest and an interrupted run's journal, by path."""
     cache: dict[str, dict] = {}
     if manifest.exists():
@@ -209,12 +267,8 @@ def _load_cache(manifest: Path, journal: Path) -> dict[str, dict]:
                 cache[rec.path] = _audio_fields(asdict(rec))
         except ManifestError as e:
             log.warning("ignoring the earlier manifest: %s", e)
-    if journal.exists():
-        try:
-            for _, obj in iter_json_lines(journal):
-                cache[obj["path"]] = obj
-        except ManifestError:
-            pass  # a line cut short by a kill: what came before it is still good
+    for path, facts in journal.entries.items():
+        cache[path] = {k: v for k, v in facts.items() if k != "id"}
     return cache
 
 
@@ -222,37 +276,34 @@ _AUDIO_KEYS = ("path", "sha256", "size", "mtime_ns", "duration", "sample_rate", 
 
 
 def _audio_fields(d: dict) -> dict:
-    return {k: d[k] for k in (*_AUDIO_KEYS, "format", "codec")}
+    optional = ("format", "codec", "declared_duration", "warnings")
+    return {**{k: d[k] for k in _AUDIO_KEYS}, **{k: d.get(k) for k in optional}}
 
 
 def _decode_all(
-    todo: list[_Item], journal: Path, options: IngestOptions
+    todo: list[_Item], journal: Journal, options: IngestOptions
 ) -> Iterator[tuple[_Item, dict | str]]:
-    """Decode files in parallel processes; yield (item, audio facts or error reason)."""
-    workers = options.workers or os.cpu_count() or 1
+    """Decode files in worker processes; yield (item, audio facts or error reason).
+
+    Decoding never runs in this process: a decoder that crashes (a segfault) fails its file
+    (see `process_map`), and the run goes on. Each file's facts go to the journal, by path."""
+    workers = min(options.workers or os.cpu_count() or 1, len(todo))
     total_s = 0.0
     bar = progress_bar("ingest", len(todo), options.progress, unit="file")
-    pool = None
-    if workers > 1 and len(todo) > 1:
-        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
-        futures = {pool.submit(_decode_one, str(item.path)): item for item in todo}
-        results: Iterator = ((futures[f], f.result()) for f in cf.as_completed(futures))
-    else:
-        results = ((item, _decode_one(str(item.path))) for item in todo)
-    with open(journal, "a", encoding="utf-8") as jf:
-        try:
-            for item, audio in results:
-                if isinstance(audio, dict):
-                    jf.write(json.dumps(audio) + "\n")
-                    jf.flush()
-                    total_s += audio["duration"]
-                bar.update(1)
-                bar.set_postfix_str(f"{total_s / 3600:.2f} h audio")
-                yield item, audio
-        finally:
-            bar.close()
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+    jobs = [(item, (str(item.path),)) for item in todo]
+    try:
+        for item, audio in process_map(_decode_one, jobs, workers):
+            if isinstance(audio, Crashed):
+                audio = audio.reason
+            if isinstance(audio, dict):
+                journal.add(audio["path"], audio)
+                total_s += audio["duration"]
+            bar.update(1)
+            bar.set_postfix_str(f"{total_s / 3600:.2f} h audio")
+            yield item, audio
+    finally:
+        bar.close()
+        journal.close()
 
 
 def _decode_one(path: str) -> dict | str:
@@ -282,6 +333,8 @@ def _decode_one(path: str) -> dict | str:
         "channels": info.channels,
         "format": info.format,
         "codec": info.codec,
+        "declared_duration": info.declared_duration,
+        "warnings": info.warnings,
     }
 
 
@@ -292,8 +345,8 @@ def _recording(
     row = item.row
     problems: list[ErrorRecord] = []
     transcript = None
-    if row.get("transcript"):
-        tpath = (item.catalogue_dir / row["transcript"]).resolve()
+    if item.transcript is not None:
+        tpath = item.transcript
         if tpath.is_file():
             transcript = str(tpath)
         else:
@@ -306,6 +359,8 @@ def _recording(
         path=str(item.path),
         format=audio.get("format"),
         codec=audio.get("codec"),
+        declared_duration=audio.get("declared_duration"),
+        warnings=audio.get("warnings") or [],
         title=row.get("title") or None,
         date=row.get("date") or None,
         collection=row.get("collection") or None,

@@ -53,6 +53,12 @@ class Recording:
     mtime_ns: int = 0
     format: str | None = None
     codec: str | None = None
+    declared_duration: float | None = None
+    """Seconds the file's header claims, when it claims any; more than `duration` when the
+    file is cut short (only `duration` seconds of it could be decoded)."""
+    warnings: list[str] = field(default_factory=list)
+    """What decoding ran into (skipped packets, audio missing, FFmpeg's warnings); empty when
+    the file decoded cleanly."""
     title: str | None = None
     date: str | None = None
     collection: str | None = None

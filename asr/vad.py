@@ -8,11 +8,8 @@ block plus 4 bytes of speech probability per 32 ms.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import importlib.util
-import json
 import logging
-import multiprocessing
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,15 +20,14 @@ import numpy as np
 from asr.audio import SAMPLE_RATE, AudioError, stream
 from asr.manifest import (
     ErrorRecord,
-    ManifestError,
     Recording,
     Segment,
     TranscriptError,
-    iter_json_lines,
     read_recordings,
     write_manifest,
 )
 from asr.progress import bar as progress_bar
+from asr.stage import Crashed, Journal, journal_path, process_map
 
 log = logging.getLogger(__name__)
 
@@ -408,6 +404,15 @@ class SegmentResult:
     manifest: Path | None = None
 
 
+def segment_id(recording_id: str, start: float, end: float) -> str:
+    """A segment's id: its recording's id and its span in milliseconds, `<id>_<start>_<end>`.
+
+    It names the content, not a position: segmenting again with other options gives the spans
+    that changed new ids, so nothing keyed by id (`asr shard`'s resume) takes an old sample for
+    a new one; the spans of one recording never overlap, so its ids are unique."""
+    return f"{recording_id}_{round(start * 1000)}_{round(end * 1000)}"
+
+
 def segment_recording(rec: Recording, opts: SegmentOptions, vad: SileroVad | None) -> list[Segment]:
     """The segments of one recording: its whole reference text when short enough, else VAD's."""
     speaker = rec.speakers[0] if len(rec.speakers) == 1 else None
@@ -415,7 +420,7 @@ def segment_recording(rec: Recording, opts: SegmentOptions, vad: SileroVad | Non
     if text is not None and rec.duration <= opts.max_duration:
         return [
             Segment(
-                id=f"{rec.id}_00000",
+                id=segment_id(rec.id, 0.0, round(rec.duration, 3)),
                 recording_id=rec.id,
                 start=0.0,
                 end=round(rec.duration, 3),
@@ -429,11 +434,11 @@ def segment_recording(rec: Recording, opts: SegmentOptions, vad: SileroVad | Non
     probs = vad.probabilities(stream(rec.path, SAMPLE_RATE, block_seconds=32.768))
     spans = plan_segments(speech_regions(probs, opts), probs, rec.duration, opts)
     segments = []
-    for i, (start, end) in enumerate(spans):
+    for start, end in spans:
         window = probs[int(start / FRAME_S) : max(int(start / FRAME_S) + 1, int(end / FRAME_S))]
         segments.append(
             Segment(
-                id=f"{rec.id}_{i:05d}",
+                id=segment_id(rec.id, start, end),
                 recording_id=rec.id,
                 start=start,
                 end=end,
@@ -466,39 +471,45 @@ def _segment_worker(rec: Recording, opts: SegmentOptions) -> list[Segment] | str
 def segment(recordings: Path, out: Path, options: SegmentOptions | None = None) -> SegmentResult:
     """Segment every recording of a manifest; write the segments manifest and its error file.
 
-    Finished recordings go to a journal beside `out` first, so an interrupted run resumes.
+    Finished recordings go to a journal beside `out` first, so an interrupted run resumes (one
+    with other options starts afresh). Recordings are segmented in worker processes: one whose
+    decoder crashes fails with the reason, and the rest go on.
     """
     opts = options or SegmentOptions()
-    SileroVad(opts.vad_model)  # fail early, in this process, on a missing or bad model
+    vad_path = SileroVad(opts.vad_model).path  # fail early, in this process, on a bad model
     out = Path(out)
-    journal = out.with_name(f".{out.name}.journal")
-    key = json.dumps({k: v for k, v in asdict(opts).items() if k not in ("workers", "progress")})
-    done = _read_journal(journal, key)
-    fresh = not journal.exists()
+    key = {k: v for k, v in asdict(opts).items() if k not in ("workers", "progress")}
+    journal = Journal(journal_path(out), {"stage": "segment", **key, "vad_model": str(vad_path)})
     recs = list(read_recordings(recordings))
+    entries = journal.open().entries
+    done: dict[str, list[Segment]] = {}  # by recording id: what the journal holds of it
+    for rec in recs:
+        entry = entries.get(rec.id)
+        if entry is not None and entry["sha256"] == rec.sha256:
+            done[rec.id] = [Segment(**s) for s in entry["segments"]]
     result = SegmentResult(manifest=out, recordings=len(recs))
-    todo = [r for r in recs if (r.id, r.sha256) not in done]
+    todo = [r for r in recs if r.id not in done]
     workers = min(opts.workers or os.cpu_count() or 1, max(1, len(todo)))
     bar = progress_bar("segment", sum(r.duration for r in todo) / 3600, opts.progress)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(journal, "a", encoding="utf-8") as jf:
-        if fresh:
-            jf.write(json.dumps({"options": key}) + "\n")
-        for rec, res in _map(todo, opts, workers):
+    jobs = [(rec, (rec, opts)) for rec in todo]
+    try:
+        for rec, res in process_map(_segment_worker, jobs, workers):
+            if isinstance(res, Crashed):
+                res = res.reason
             if isinstance(res, str):
                 result.errors.append(ErrorRecord(rec.path, res, "segment", rec.id))
-                done[(rec.id, rec.sha256)] = None
             else:
-                done[(rec.id, rec.sha256)] = res
-                line = {"id": rec.id, "sha256": rec.sha256, "segments": [asdict(s) for s in res]}
-                jf.write(json.dumps(line, ensure_ascii=False) + "\n")
-                jf.flush()
+                done[rec.id] = res
+                journal.add(rec.id, {"sha256": rec.sha256, "segments": [asdict(s) for s in res]})
             bar.update(rec.duration / 3600)
-    bar.close()
+    finally:
+        bar.close()
+        journal.close()
 
     def ordered() -> Iterator[Segment]:
         for rec in recs:
-            for s in done.get((rec.id, rec.sha256)) or []:
+            for s in done.get(rec.id, []):
                 result.segments += 1
                 result.reference_segments += s.text_source == "reference"
                 result.speech_hours += s.duration / 3600
@@ -507,40 +518,5 @@ def segment(recordings: Path, out: Path, options: SegmentOptions | None = None) 
     write_manifest(out, ordered())
     write_manifest(out.with_name(out.name.split(".")[0] + ".errors.jsonl"), result.errors)
     result.audio_hours = sum(r.duration for r in recs) / 3600
-    journal.unlink(missing_ok=True)
+    journal.remove()
     return result
-
-
-def _map(
-    todo: list[Recording], opts: SegmentOptions, workers: int
-) -> Iterator[tuple[Recording, list[Segment] | str]]:
-    if workers <= 1:
-        for rec in todo:
-            yield rec, _segment_worker(rec, opts)
-        return
-    ctx = multiprocessing.get_context("forkserver")
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        futures = {pool.submit(_segment_worker, rec, opts): rec for rec in todo}
-        try:
-            for f in cf.as_completed(futures):
-                yield futures[f], f.result()
-        finally:
-            pool.shutdown(cancel_futures=True)
-
-
-def _read_journal(journal: Path, key: str) -> dict[tuple[str, str], list[Segment] | None]:
-    """Recordings finished by an interrupted run with the same options."""
-    done: dict[tuple[str, str], list[Segment] | None] = {}
-    if not journal.exists():
-        return done
-    try:
-        for n, obj in iter_json_lines(journal):
-            if n == 1 and obj.get("options") != key:
-                log.info("options changed since the interrupted run: starting afresh")
-                journal.unlink()
-                return {}
-            if "segments" in obj:
-                done[(obj["id"], obj["sha256"])] = [Segment(**s) for s in obj["segments"]]
-    except ManifestError:
-        pass  # the last line was cut short by a kill; the ones before it stand
-    return done

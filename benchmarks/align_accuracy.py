@@ -244,7 +244,11 @@ def main() -> None:
                 for r in longform:
                     text = (REALSPEECH / r["transcript"]).read_text(encoding="utf-8")
                     w.writerow([r["path"], str(REALSPEECH / r["path"]), r["language"], "", text])
-        ingest([], work, IngestOptions(catalogue=work / "catalogue.csv", progress=False))
+        ingest(
+            [],
+            work,
+            IngestOptions(catalogue=work / "catalogue.csv", progress=False, allow_outside=True),
+        )
         res = align(
             work / "recordings.jsonl",
             work / "aligned.jsonl",

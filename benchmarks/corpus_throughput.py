@@ -104,7 +104,11 @@ def main() -> None:
     try:
         results = []
         cat = write_catalogue(REALSPEECH, work / "realspeech" / "catalogue.csv")
-        results.append(pipeline("realspeech", work / "realspeech", ["--catalogue", str(cat)], []))
+        results.append(
+            pipeline(
+                "realspeech", work / "realspeech", ["--catalogue", str(cat), "--allow-outside"], []
+            )
+        )
         log.info(json.dumps(results[-1]))
 
         long_dir = work / "long" / "holdings"

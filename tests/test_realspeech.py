@@ -18,7 +18,13 @@ from asr.vad import SegmentOptions, segment
 @pytest.fixture(scope="module")
 def corpus(realspeech_catalogue, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("realspeech_out")
-    ingest([], out, IngestOptions(catalogue=realspeech_catalogue, workers=2, progress=False))
+    ingest(
+        [],
+        out,
+        IngestOptions(
+            catalogue=realspeech_catalogue, workers=2, progress=False, allow_outside=True
+        ),
+    )
     segment(out / "recordings.jsonl", out / "segments.jsonl", SegmentOptions(progress=False))
     shard(out / "segments.jsonl", out / "shards", ShardOptions(progress=False))
     return out

@@ -211,13 +211,15 @@ def test_align_refines_with_a_ctc_model(ctc_run, sample_manifests, tmp_path):
     plain = align(tmp_path / "recordings.jsonl", tmp_path / "plain.jsonl", AlignOptions())
     opts = AlignOptions(ctc_model=str(run / "final"), ctc_window=0.5)
     refined = align(tmp_path / "recordings.jsonl", tmp_path / "ctc.jsonl", opts)
-    before = {s.id: s for s in read_segments(tmp_path / "plain.jsonl")}
+    # ids name the spans, which CTC moves: a segment is known by its text
+    before = {(s.recording_id, s.text): s for s in read_segments(tmp_path / "plain.jsonl")}
     after = read_segments(tmp_path / "ctc.jsonl")
     assert plain.segments > 0 and refined.segments == plain.segments
     for s in after:
-        b = before[s.id]
+        b = before[(s.recording_id, s.text)]
         assert s.scores["ctc"] < 0 and s.text == b.text
         assert b.start - 0.5 - 1e-3 <= s.start and s.end <= b.end + 0.5 + 1e-3
+        assert s.id == f"{s.recording_id}_{round(s.start * 1000)}_{round(s.end * 1000)}"
     # a threshold no alignment reaches drops every segment, with the reason in the report
     strict = AlignOptions(ctc_model=str(run / "final"), min_ctc_score=0.0)
     dropped = align(tmp_path / "recordings.jsonl", tmp_path / "none.jsonl", strict)

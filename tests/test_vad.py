@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +207,88 @@ def test_a_transcript_that_is_not_utf8_fails_only_its_recording(sample_manifests
     assert "café.txt" in r.errors[0].reason and "not UTF-8" in r.errors[0].reason
     got = {s.recording_id for s in read_segments(tmp_path / "segments.jsonl")}
     assert len(got) == 2 and bad["id"] not in got
+
+
+def test_segment_ids_name_their_spans(sample_manifests):
+    for s in read_segments(sample_manifests / "segments.jsonl"):
+        assert s.id == f"{s.recording_id}_{round(s.start * 1000)}_{round(s.end * 1000)}"
+
+
+def test_segmenting_again_leaves_no_stale_sample_under_an_id(sample_manifests, tmp_path):
+    """Segments of other options get other ids, so `asr shard`, which resumes by id, cuts the
+    new spans rather than keeping the old samples (ids by position kept them: `rec_00001` of
+    the new segmentation was taken for the old one's)."""
+    from asr.shards import ShardOptions, sample_key, shard
+
+    rec = max(read_recordings(sample_manifests / "recordings.jsonl"), key=lambda r: r.duration)
+    (tmp_path / "recordings.jsonl").write_text(json.dumps(dataclasses.asdict(rec)) + "\n")
+    shards = tmp_path / "shards"
+    opts = ShardOptions(allow_empty_text=True, progress=False)
+    spans = {}
+    for max_duration in (30.0, 9.0):
+        segs = tmp_path / f"segments-{max_duration:.0f}.jsonl"
+        segment(tmp_path / "recordings.jsonl", segs, SegmentOptions(max_duration=max_duration))
+        shard(segs, shards, opts)
+        spans[max_duration] = {s.id: (s.start, s.end) for s in read_segments(segs)}
+    assert spans[30.0] != spans[9.0] and len(spans[9.0]) > len(spans[30.0])
+    written = {}
+    for sidecar in shards.glob("*.jsonl"):
+        for line in sidecar.read_text().splitlines():
+            meta = json.loads(line)
+            written[meta["key"]] = (meta["start"], meta["end"])
+    for sid, span in spans[9.0].items():
+        assert written[sample_key(sid)] == span, sid
+
+
+def test_a_crashing_decoder_fails_its_recording_and_the_rest_go_on(
+    sample_archive, tmp_path, monkeypatch
+):
+    """A worker that segfaults decoding one recording (tests/test_journal.crash_on) fails that
+    recording with the reason; the others are segmented (it used to stop the whole run)."""
+    from asr import stage
+    from tests.test_journal import crash_on
+
+    holdings = tmp_path / "holdings"
+    holdings.mkdir()
+    for src, name in [
+        ("radio/wetterbericht.ogg", "a.ogg"),
+        ("radio/noticias_breves.ogg", "crash.ogg"),
+        ("radio/news_bulletin_river.mp3", "b.mp3"),
+    ]:
+        (holdings / name).write_bytes((sample_archive.parent / src).read_bytes())
+    out = tmp_path / "out"
+    ingest([holdings], out, IngestOptions(workers=1, progress=False))
+    monkeypatch.setattr(stage, "WORKER_SETUP", [(crash_on, ("crash.ogg",))])
+    r = segment(out / "recordings.jsonl", out / "segments.jsonl", SegmentOptions(workers=2))
+    assert [(e.id, e.reason) for e in r.errors] == [
+        ("crash.ogg", "the decoder crashed (signal SIGSEGV)")
+    ]
+    got = {s.recording_id for s in read_segments(out / "segments.jsonl")}
+    assert got == {"a.ogg", "b.mp3"}
+
+
+def test_a_killed_run_resumes_to_what_an_uninterrupted_run_writes(sample_manifests, tmp_path):
+    """`asr segment` killed with -9, its journal's last line torn: the rerun writes exactly
+    the segments (ids included) of the uninterrupted run."""
+    from asr.stage import Journal, journal_path
+
+    out = tmp_path / "segments.jsonl"
+    journal = journal_path(out)
+    cmd = [sys.executable, "-m", "asr", "segment", str(sample_manifests / "recordings.jsonl")]
+    cmd += ["--out", str(out), "--workers", "1", "--no-progress", "-q"]
+    proc = subprocess.Popen(cmd)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_text().count("\n") >= 4:  # the key and 3 entries
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    with open(journal, "ab") as f:
+        f.write(b'{"id": "sa-0019", "sha256": "')
+    key = json.loads(journal.read_text().splitlines()[0])["options"]
+    assert 3 <= len(Journal(journal, key).open().entries) < 20
+    r = segment(sample_manifests / "recordings.jsonl", out, SegmentOptions(progress=False))
+    assert r.recordings == 20 and not r.errors and not journal.exists()
+    assert out.read_text() == (sample_manifests / "segments.jsonl").read_text()
