@@ -260,6 +260,29 @@ def _committed_keys(tar: Path) -> list[str]:
     return keys
 
 
+def _check_resumable(
+    out_dir: Path, segments_path: Path, existing: dict[str, list[str]], keep: list[Segment]
+) -> None:
+    """A folder's committed shards must be the start of this run: every sample in them one
+    this manifest writes, in the split it now goes to. Otherwise (another manifest, segments
+    cut again, another split seed or rights policy) resuming would mix two datasets: refuse,
+    naming a sample, rather than keep stale samples or delete the user's shards."""
+    split_of = {sample_key(s.id): s.split for s in keep}
+    for name, keys in existing.items():
+        split = _SHARD_RE.match(name).group(1)
+        for k in keys:
+            if split_of.get(k) != split:
+                why = (
+                    f"goes to '{split_of[k]}' now"
+                    if k in split_of
+                    else f"is not among the samples of {segments_path} with these options"
+                )
+                raise ValueError(
+                    f"{out_dir}: its shards come from another run: sample '{k}' in {name} {why}; "
+                    "write to an empty folder, or delete its shards to write them anew"
+                )
+
+
 def shard(segments_path: Path, out_dir: Path, options: ShardOptions | None = None) -> ShardResult:
     """Write the training shards of a segments manifest to out_dir; see the module docstring."""
     opts = options or ShardOptions()
@@ -290,6 +313,7 @@ def shard(segments_path: Path, out_dir: Path, options: ShardOptions | None = Non
 
     existing = _existing_shards(out_dir)
     done = {k for keys in existing.values() for k in keys}
+    _check_resumable(out_dir, segments_path, existing, keep)
     next_index = Counter()
     for name in existing:
         split, idx = _SHARD_RE.match(name).groups()

@@ -428,3 +428,28 @@ def test_shards_json_entries_stay_in_the_shard_folder(shards, tmp_path, name):
     assert shard_paths(tmp_path, "dev") == [
         str(tmp_path / s["name"]) for s in index["splits"]["dev"]["shards"]
     ]
+
+
+def test_a_folder_of_another_runs_shards_is_not_resumed(sample_manifests, tmp_path):
+    """Shards of one manifest and options are never resumed by another run: fewer segments,
+    another split seed or another rights policy would mix two datasets (stale samples kept);
+    the run is refused naming a sample, and the folder is left as it was."""
+    out = tmp_path / "shards"
+    shard(sample_manifests / "segments.jsonl", out, _opts(max_count=3))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    written = {meta["id"] for _, meta in _all_samples(out)}
+    segs = (sample_manifests / "segments.jsonl").read_text(encoding="utf-8").splitlines()
+    gone = sorted(written)[len(written) // 2]  # a segment cut differently this time
+    fewer = tmp_path / "segments.jsonl"
+    fewer.write_text(
+        "".join(line + "\n" for line in segs if json.loads(line)["id"] != gone), encoding="utf-8"
+    )
+    rec = tmp_path / "recordings.jsonl"
+    rec.write_bytes((sample_manifests / "recordings.jsonl").read_bytes())
+    with pytest.raises(ValueError, match=r"come from another run: sample '.+' in .+ is not among"):
+        shard(fewer, out, _opts(max_count=3))
+    with pytest.raises(ValueError, match=r"come from another run: sample '.+' in .+ goes to"):
+        shard(sample_manifests / "segments.jsonl", out, _opts(max_count=3, seed=7))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    r = shard(sample_manifests / "segments.jsonl", out, _opts(max_count=3))  # the same run
+    assert r.resumed_samples == sum(1 for _ in _all_samples(out))

@@ -215,29 +215,32 @@ def test_segment_ids_name_their_spans(sample_manifests):
 
 
 def test_segmenting_again_leaves_no_stale_sample_under_an_id(sample_manifests, tmp_path):
-    """Segments of other options get other ids, so `asr shard`, which resumes by id, cuts the
-    new spans rather than keeping the old samples (ids by position kept them: `rec_00001` of
-    the new segmentation was taken for the old one's)."""
+    """Segments of other options get other ids (ids by position made `rec_00001` of the new
+    segmentation look like the old one's); `asr shard` into the folder of the old ones refuses
+    to mix the two, and writes the new spans into a fresh folder."""
     from asr.shards import ShardOptions, sample_key, shard
 
     rec = max(read_recordings(sample_manifests / "recordings.jsonl"), key=lambda r: r.duration)
     (tmp_path / "recordings.jsonl").write_text(json.dumps(dataclasses.asdict(rec)) + "\n")
-    shards = tmp_path / "shards"
     opts = ShardOptions(allow_empty_text=True, progress=False)
     spans = {}
     for max_duration in (30.0, 9.0):
         segs = tmp_path / f"segments-{max_duration:.0f}.jsonl"
         segment(tmp_path / "recordings.jsonl", segs, SegmentOptions(max_duration=max_duration))
-        shard(segs, shards, opts)
         spans[max_duration] = {s.id: (s.start, s.end) for s in read_segments(segs)}
     assert spans[30.0] != spans[9.0] and len(spans[9.0]) > len(spans[30.0])
+    for sid in set(spans[30.0]) & set(spans[9.0]):
+        assert spans[30.0][sid] == spans[9.0][sid], sid  # one id, one span
+    shard(tmp_path / "segments-30.jsonl", tmp_path / "shards", opts)
+    with pytest.raises(ValueError, match="come from another run: sample"):
+        shard(tmp_path / "segments-9.jsonl", tmp_path / "shards", opts)
+    shard(tmp_path / "segments-9.jsonl", tmp_path / "fresh", opts)
     written = {}
-    for sidecar in shards.glob("*.jsonl"):
+    for sidecar in (tmp_path / "fresh").glob("*.jsonl"):
         for line in sidecar.read_text().splitlines():
             meta = json.loads(line)
             written[meta["key"]] = (meta["start"], meta["end"])
-    for sid, span in spans[9.0].items():
-        assert written[sample_key(sid)] == span, sid
+    assert written == {sample_key(sid): span for sid, span in spans[9.0].items()}
 
 
 def test_a_crashing_decoder_fails_its_recording_and_the_rest_go_on(
