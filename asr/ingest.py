@@ -21,6 +21,7 @@ from asr.manifest import (
     ErrorRecord,
     ManifestError,
     Recording,
+    iter_json_lines,
     read_recordings,
     write_manifest,
 )
@@ -34,7 +35,7 @@ CATALOGUE_FIELDS = ("id", "path", "title", "date", "collection", "language", "ri
 """Catalogue columns with a meaning; `transcript`, `text` and `speakers` too. Others: metadata."""
 TEXT_FIELDS = ("transcript", "text", "speakers")
 JOURNAL = ".ingest-journal.jsonl"
-_JOURNAL_KEY = {"stage": "ingest", "facts": 1}
+_JOURNAL_KEY = {"stage": "ingest", "facts": 2}
 """The journal's options key: no option changes a file's audio facts; bump `facts` when
 `_decode_one` changes what it measures, so that an interrupted run's facts are not reused."""
 
@@ -263,8 +264,12 @@ def _load_cache(manifest: Path, journal: Journal) -> dict[str, dict]:
     cache: dict[str, dict] = {}
     if manifest.exists():
         try:
+            # records from before decodes were checked (no `warnings` key) are decoded again,
+            # so that a file cut short gets its warnings
+            checked = {o.get("path") for _, o in iter_json_lines(manifest) if "warnings" in o}
             for rec in read_recordings(manifest):
-                cache[rec.path] = _audio_fields(asdict(rec))
+                if rec.path in checked:
+                    cache[rec.path] = _audio_fields(asdict(rec))
         except ManifestError as e:
             log.warning("ignoring the earlier manifest: %s", e)
     for path, facts in journal.entries.items():

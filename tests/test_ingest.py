@@ -242,6 +242,15 @@ def test_truncated_mp3_is_ingested_with_its_warnings(realspeech, tmp_path, caplo
     again = ingest([holdings], out, IngestOptions(workers=1, progress=False))
     assert (again.decoded, again.unchanged, again.warned) == (0, 2, 1)
     assert _recs(out)["truncated.mp3"].warnings == cut.warnings
+    # a manifest from before decodes were checked (no `warnings`): its files are decoded again
+    manifest = out / "recordings.jsonl"
+    old = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
+    for rec in old:
+        del rec["warnings"], rec["declared_duration"]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in old), encoding="utf-8")
+    again = ingest([holdings], out, IngestOptions(workers=1, progress=False))
+    assert (again.decoded, again.unchanged, again.warned) == (2, 0, 1)
+    assert _recs(out)["truncated.mp3"].warnings == cut.warnings
 
 
 def _entries(journal: Path) -> list[dict]:
