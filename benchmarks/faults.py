@@ -180,6 +180,20 @@ def _not_zombie(pid: int) -> bool:
         return False
 
 
+def rerun(stage: str, cmd: list[str], work: Path, ref_snap: dict, rows: dict, i: int):
+    """The same command to the end; adds what is lost, extra or different to rows (None: the
+    rerun failed)."""
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        rows["rerun_failed"] += 1
+        rows["notes"].append(f"trial {i}: rerun exit {r.returncode}: {r.stderr[-200:]}")
+        return None
+    c = compare(ref_snap, snapshot(stage, work))
+    for k in ("lost", "extra", "differ"):
+        rows[k] += c[k]
+    return c
+
+
 def kill_trials(stage: str, args, hold: Path, ref: Path, ref_wall: float) -> dict:
     rng = random.Random(f"{args.seed}-{stage}")
     ref_snap = snapshot(stage, ref / stage)
@@ -209,14 +223,9 @@ def kill_trials(stage: str, args, hold: Path, ref: Path, ref_wall: float) -> dic
         if not ok:
             rows["partial_visible"] += 1
             rows["notes"].append(f"trial {i} ({delay:.1f} s): {why}")
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            rows["rerun_failed"] += 1
-            rows["notes"].append(f"trial {i}: rerun exit {r.returncode}: {r.stderr[-200:]}")
+        c = rerun(stage, cmd, work, ref_snap, rows, i)
+        if c is None:
             continue
-        c = compare(ref_snap, snapshot(stage, work))
-        for k in ("lost", "extra", "differ"):
-            rows[k] += c[k]
         if any(c.values()):
             rows["notes"].append(f"trial {i} ({delay:.1f} s): after rerun {c}")
         log.info("%s trial %d: kill at %.1f s (%s), %s", stage, i, delay, killed, c)
@@ -253,14 +262,9 @@ def disk_full_trials(stage: str, args, hold: Path, ref: Path) -> dict:
                 rows["partial_visible"] += 1
                 rows["notes"].append(f"trial {i} (room {room} B): {why}")
             ballast.unlink()
-            r2 = subprocess.run(cmd, capture_output=True, text=True)
-            if r2.returncode != 0:
-                rows["rerun_failed"] += 1
-                rows["notes"].append(f"trial {i}: rerun exit {r2.returncode}: {r2.stderr[-200:]}")
+            c = rerun(stage, cmd, work, ref_snap, rows, i)
+            if c is None:
                 continue
-            c = compare(ref_snap, snapshot(stage, work))
-            for k in ("lost", "extra", "differ"):
-                rows[k] += c[k]
             if r.returncode == 0 or any(c.values()):
                 rows["notes"].append(
                     f"trial {i} (room {room} B): exit {r.returncode}: "
