@@ -532,3 +532,27 @@ def test_a_second_run_on_the_same_out_dir_is_refused_and_stale_temps_go(realspee
     assert not stale.exists() and keep.exists()
     r = subprocess.run([*cmd, "--formats", "doc", "-v"], capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" in r.stderr and "doc" in r.stderr
+
+
+def test_no_run_ends_with_a_recording_neither_done_nor_failed(realspeech, tmp_path):
+    """A result lost between the model and the job database (as the race in `_collect` lost a
+    batch) fails its recording with a reason; it is never left 'running' by a finished run."""
+    from asr.engine.transcribe import Transcriber, run_jobs
+
+    with open(realspeech / "catalogue.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["path"].startswith("ljspeech_coqui/")][:3]
+    files = [str(realspeech / r["path"]) for r in rows]
+    out = tmp_path / "out"
+    opts = _opts(formats=("json",))
+
+    def lossy(todo):
+        for i, fin in enumerate(Transcriber(out, opts).run(todo)):
+            if i != 1:
+                yield fin
+
+    r = run_jobs(files, out, opts, lossy)
+    assert (r.done, r.failed) == (2, 1)
+    db = sqlite3.connect(out / DB_NAME)
+    status = dict(db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+    assert status == {"done": 2, "failed": 1}
+    assert "without finishing it" in r.failures[0][2]

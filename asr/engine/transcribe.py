@@ -847,9 +847,11 @@ def _run_planned(
         db.start(job.key, outputs[job.key], requests[job.key])
     run_id = db.begin_run(_options_dict(opts))
     t0 = time.perf_counter()
+    finished: set[str] = set()
     if todo:
         bar = progress_bar("transcribe", len(todo), opts.progress, unit="rec")
         for fin in runner(todo):
+            finished.add(fin.key)
             if fin.error is None:
                 db.done(fin.key, fin.audio_seconds, fin.wall_seconds, fin.language)
                 result.done += 1
@@ -865,6 +867,12 @@ def _run_planned(
                 f"RTFx {result.audio_seconds / max(elapsed, 1e-9):.1f}"
             )
         bar.close()
+        for job in todo:  # the runner ended normally: every job it was given is done or failed
+            if job.key not in finished:
+                reason = "the run ended without finishing it (an internal error: please report it)"
+                db.fail(job.key, reason)
+                result.failed += 1
+                log.error("failed: %s: %s", job.key, reason)
     result.wall_seconds = time.perf_counter() - t0
     result.failures = db.failures()
     db.end_run(
