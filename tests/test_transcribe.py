@@ -270,7 +270,7 @@ def test_packed_short_files_decode_as_well_as_one_by_one(realspeech, tmp_path):
 def test_short_contexts_and_parallel_batches_decode_like_one_30s_call(
     realspeech, tmp_path, monkeypatch
 ):
-    """Default: windows of little audio are encoded in a 20 s context, and two batches are in
+    """Default: windows of little audio are encoded in a 15 s context, and two batches are in
     the model at once; the text is as good as with 30 s windows one batch at a time."""
     with open(realspeech / "catalogue.csv", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["language"] == "en" and r["kind"] == "utterance"]
@@ -556,3 +556,42 @@ def test_no_run_ends_with_a_recording_neither_done_nor_failed(realspeech, tmp_pa
     status = dict(db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
     assert status == {"done": 2, "failed": 1}
     assert "without finishing it" in r.failures[0][2]
+
+
+def test_a_window_of_14_to_29_s_is_encoded_in_30_s_not_20_or_25(realspeech, tmp_path, monkeypatch):
+    """A window holding more than 14 s of audio goes to Whisper's own 30 s context (in a 25 s
+    one tiny.en heard the telephone call's "This is Diane" as "This is Daddy and", at a log
+    probability as good as in 30 s, so no redo rule could catch it); a short clip of clean
+    speech keeps its 15 s context; neither window is decoded twice."""
+    call = realspeech.parent / "diarization" / "sample.wav"
+    if not call.is_file():
+        pytest.skip(f"the telephone call is not at {call}")
+    stm = [x.split() for x in call.with_suffix(".stm").read_text("utf-8").splitlines()]
+    ref = " ".join(
+        " ".join(x[5:]) for x in sorted((x for x in stm if len(x) > 5), key=lambda x: float(x[3]))
+    )
+    with open(realspeech / "catalogue.csv", encoding="utf-8") as f:
+        clip = next(r for r in csv.DictReader(f) if r["path"].endswith("LJ001-0007.wav"))
+    files = [str(call), str(realspeech / clip["path"])]
+    seen: list[tuple[float, int, float]] = []  # (context, window id, audio seconds)
+    run = whisper_engine.WhisperEngine._transcribe
+
+    def recording(self, windows, context, opts):
+        seen.extend((context, id(w), w.length) for w in windows)
+        return run(self, windows, context, opts)
+
+    monkeypatch.setattr(whisper_engine.WhisperEngine, "_transcribe", recording)
+    wers = {}
+    for name, decode in {"default": DecodeOptions(), "30 s": DecodeOptions(min_context=30)}.items():
+        seen.clear()
+        out = tmp_path / name.replace(" ", "")
+        r = transcribe(files, out, _opts(decode=decode, formats=("json",)))
+        assert r.done == 2
+        texts = [json.loads((out / f"{Path(p).stem}.json").read_text())["text"] for p in files]
+        wers[name] = jiwer.wer(NORM(ref), NORM(texts[0]))
+        assert _wer(clip["transcript"], texts[1]) < 0.1, texts[1]
+        assert len({i for _, i, _ in seen}) == len(seen), seen  # no window decoded twice
+        if name == "default":
+            assert {c for c, _, n in seen if n > 14} == {30.0}, seen
+            assert {c for c, _, n in seen if n <= 14} == {15.0}, seen
+    assert wers["default"] <= wers["30 s"] + 0.01 and wers["default"] < 0.17, wers
