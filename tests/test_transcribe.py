@@ -595,3 +595,15 @@ def test_a_window_of_14_to_29_s_is_encoded_in_30_s_not_20_or_25(realspeech, tmp_
             assert {c for c, _, n in seen if n > 14} == {30.0}, seen
             assert {c for c, _, n in seen if n <= 14} == {15.0}, seen
     assert wers["default"] <= wers["30 s"] + 0.01 and wers["default"] < 0.17, wers
+
+
+def test_when_every_temperature_fails_a_loop_is_not_chosen(realspeech, tmp_path):
+    """A Mongolian clip sends base into a loop at every temperature but one, and the loop is
+    the most probable result ('―' 70 times at log-prob -0.11); as in Whisper, the most probable
+    result that is not a loop is kept."""
+    clip = realspeech / "commonvoice_covost2_hfds/mn_common_voice_mn_18724779.mp3"
+    r = transcribe([clip], tmp_path, _opts(model="base", language="mn", formats=("json",)))
+    assert r.done == 1
+    text = json.loads((tmp_path / f"{clip.stem}.json").read_text(encoding="utf-8"))["text"]
+    assert text.strip() and compression_ratio(text) <= 2.4, text
+    assert "――――" not in text, text

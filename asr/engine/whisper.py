@@ -343,6 +343,7 @@ class WhisperEngine:
         output says whether it still looks wrong ("bad")."""
         n = len(windows)
         best: list[dict | None] = [None] * n
+        tried: list[list[dict]] = [[] for _ in range(n)]
         todo = list(range(n))
         max_initial = int(round(opts.max_initial_timestamp / self.fw.time_precision))
         for t_index, temperature in enumerate(temperatures):
@@ -406,22 +407,26 @@ class WhisperEngine:
                     r.no_speech_prob > opts.no_speech_threshold
                     and avg_logprob < opts.log_prob_threshold
                 )
-                bad = (
-                    out["compression_ratio"] > opts.compression_ratio_threshold
-                    or avg_logprob < opts.log_prob_threshold
-                    or has_loop([t for t in tokens if t < tok.eot])
+                looping = out["compression_ratio"] > opts.compression_ratio_threshold or has_loop(
+                    [t for t in tokens if t < tok.eot]
                 )
+                bad = looping or avg_logprob < opts.log_prob_threshold
                 out["bad"] = bad and not silent
+                out["looping"] = looping
                 if silent:
                     out["silent"] = True
                     best[i] = out
-                elif bad and t_index + 1 < len(temperatures):
-                    if best[i] is None or avg_logprob > best[i]["avg_logprob"]:
-                        best[i] = out
+                    continue
+                tried[i].append(out)
+                if bad and t_index + 1 < len(temperatures):
                     still.append(i)
+                elif bad:
+                    # every temperature failed: as Whisper and faster-whisper do, the most
+                    # probable result that is not a loop, if any is (a loop is often the most
+                    # probable of all: base on a Mongolian clip, '―' 70 times at -0.11)
+                    sane = [o for o in tried[i] if not o["looping"]]
+                    best[i] = max(sane or tried[i], key=lambda o: o["avg_logprob"])
                 else:
-                    if bad and best[i] is not None and best[i]["avg_logprob"] > avg_logprob:
-                        out = best[i]
                     best[i] = out
             todo = still
         return best  # type: ignore[return-value]
