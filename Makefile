@@ -38,9 +38,10 @@ demo: sample
 	$(BIN)/asr transcribe $(DEMO)/recordings.jsonl --out $(DEMO)/transcripts
 	@echo "shards: $(DEMO)/shards/shards.json; model: $(DEMO)/tiny-model; transcripts: $(DEMO)/transcripts/"
 
-lint: setup
+lint: setup  ## ruff, and the module layers of pyproject.toml's [tool.importlinter]
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 format: setup
 	$(BIN)/ruff format .

@@ -25,9 +25,9 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from asr.audio import cut_spans, stream
-from asr.engine.models import ModelNotFoundError, resolve_model
-from asr.engine.transcribe import Job, TranscribeOptions, Transcriber, output_key
-from asr.engine.whisper import DecodeOptions
+from asr.engine.inputs import Job, output_key
+from asr.engine.transcriber import Transcriber
+from asr.engine.types import DecodeOptions, TranscribeOptions
 from asr.manifest import (
     ErrorRecord,
     Recording,
@@ -37,11 +37,13 @@ from asr.manifest import (
     read_recordings,
     write_manifest,
 )
+from asr.models import ModelNotFoundError, resolve_model
 from asr.outputs import Transcript
 from asr.progress import bar as progress_bar
+from asr.segment import segment_id
 from asr.stage import Journal, journal_path
 from asr.textnorm import NormText, Rules, normalise, normalise_word
-from asr.vad import FRAME_S, SegmentOptions, SileroVad, segment_id, speech_regions
+from asr.vad import FRAME_S, SegmentOptions, SileroVad, speech_regions
 
 log = logging.getLogger(__name__)
 
@@ -433,7 +435,7 @@ def align(recordings: Path, out: Path, options: AlignOptions | None = None) -> A
             decode=DecodeOptions(beam_size=opts.beam_size, word_timestamps=True),
             progress=False,
         )
-        transcriber = Transcriber(out.parent, topts)
+        transcriber = Transcriber(topts)
         vad = SileroVad()
         aligner = None
         if opts.ctc_model:

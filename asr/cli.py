@@ -516,7 +516,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from asr.vad import SegmentOptions, segment
+    from asr.segment import segment
+    from asr.vad import SegmentOptions
 
     opts = SegmentOptions(
         max_duration=args.max_duration,
@@ -613,8 +614,8 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from asr.engine.transcribe import TranscribeOptions, limit_malloc_arenas, transcribe
-    from asr.engine.whisper import DecodeOptions
+    from asr.engine.transcribe import limit_malloc_arenas, transcribe
+    from asr.engine.types import DecodeOptions, TranscribeOptions
 
     limit_malloc_arenas()
 

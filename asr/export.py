@@ -19,19 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from asr.models import QUANTIZATIONS, convert
+
 log = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("int8", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
 KINDS = {"whisper": "whisper", "wav2vec2": "ctc"}
-COPY_FILES = (
-    "tokenizer.json",
-    "vocab.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "generation_config.json",
-    "archive_asr.json",
-)
 
 
 class ExportError(RuntimeError):
@@ -77,30 +69,6 @@ def model_kind(model_dir: Path) -> str:
             f"{cfg_path}: model_type {cfg.get('model_type')!r}; export handles whisper and wav2vec2"
         )
     return kind
-
-
-def convert(model: str, out: Path, quantization: str) -> None:
-    """ctranslate2's TransformersConverter, plus the processor files the engine reads."""
-    from ctranslate2.converters import TransformersConverter
-
-    src = Path(model)
-    copy = [f for f in COPY_FILES if (src / f).is_file()] if src.is_dir() else None
-    TransformersConverter(model, copy_files=copy).convert(
-        str(out), quantization=quantization, force=True
-    )
-    processor = _processor(model)
-    # feature extractor settings under the name faster-whisper and the CTC engine read
-    processor.feature_extractor.to_json_file(str(out / "preprocessor_config.json"))
-    if not (out / "tokenizer.json").is_file() and hasattr(processor.tokenizer, "backend_tokenizer"):
-        processor.tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
-    if not (out / "vocab.json").is_file() and not hasattr(processor.tokenizer, "backend_tokenizer"):
-        processor.tokenizer.save_pretrained(str(out))
-
-
-def _processor(model: str):
-    from transformers import AutoProcessor
-
-    return AutoProcessor.from_pretrained(model)
 
 
 def export(model_dir: str | os.PathLike, out: str | os.PathLike, opts=None) -> ExportResult:
@@ -221,8 +189,7 @@ def parity(
 def transcript_wer(refs: list[str], hyps: list[str]) -> float:
     """WER of hyps against refs after Whisper's basic normaliser; words said where the
     reference has none count as insertions (all-empty references: 0 or 1)."""
-    from asr.bench.normalize import NormalizerSpec
-    from asr.bench.scoring import score_pairs
+    from asr.metrics import NormalizerSpec, score_pairs
 
     rows = [{"id": str(i), "ref": r, "hyp": h} for i, (r, h) in enumerate(zip(refs, hyps))]
     utts = score_pairs(rows, NormalizerSpec("whisper-basic"))

@@ -44,12 +44,19 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from asr.audio import load, probe  # noqa: E402
-from asr.bench.normalize import NormalizerSpec, make_normalizer  # noqa: E402
-from asr.bench.scoring import UttScore, paired_bootstrap, score_pairs, summarize  # noqa: E402
-from asr.engine.models import resolve_model  # noqa: E402
-from asr.engine.transcribe import TranscribeOptions, output_key, transcribe  # noqa: E402
-from asr.engine.whisper import DecodeOptions  # noqa: E402
+from asr.engine.inputs import output_key  # noqa: E402
+from asr.engine.transcribe import TranscribeOptions, transcribe  # noqa: E402
+from asr.engine.types import DecodeOptions  # noqa: E402
 from asr.manifest import Recording, write_manifest  # noqa: E402
+from asr.metrics import (  # noqa: E402
+    NormalizerSpec,
+    UttScore,
+    make_normalizer,
+    paired_bootstrap,
+    score_pairs,
+    summarize,
+)
+from asr.models import resolve_model  # noqa: E402
 from benchmarks.realspeech import REALSPEECH, ROOT  # noqa: E402
 
 log = logging.getLogger("bench")

@@ -29,9 +29,9 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from asr.audio import load  # noqa: E402
-from asr.engine.models import resolve_model  # noqa: E402
 from asr.engine.transcribe import TranscribeOptions, transcribe  # noqa: E402
-from asr.engine.whisper import DecodeOptions  # noqa: E402
+from asr.engine.types import DecodeOptions  # noqa: E402
+from asr.models import resolve_model  # noqa: E402
 from benchmarks.measure import run_measured  # noqa: E402
 from benchmarks.realspeech import REALSPEECH  # noqa: E402
 

@@ -18,7 +18,8 @@ import soundfile as sf
 
 from asr.ingest import IngestOptions, ingest
 from asr.sample_archive import build_sample_archive
-from asr.vad import SegmentOptions, segment
+from asr.segment import segment
+from asr.vad import SegmentOptions
 from benchmarks.realspeech import REALSPEECH, write_catalogue
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,12 +19,18 @@ import soundfile as sf
 import yaml
 
 from asr.bench.config import TestSetSpec, load_config
-from asr.bench.normalize import NormalizerSpec, make_normalizer
 from asr.bench.runner import prepare
-from asr.bench.scoring import bootstrap_ci, paired_bootstrap, score_pairs, summarize
 from asr.bench.testsets import Utterance, utterances
 from asr.cli import main as cli
 from asr.export import ExportOptions, export
+from asr.metrics import (
+    NormalizerSpec,
+    bootstrap_ci,
+    make_normalizer,
+    paired_bootstrap,
+    score_pairs,
+    summarize,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from asr.audio import SAMPLE_RATE
-from asr.vad import FRAME_S, WINDOW, ChunkPlanner, SegmentOptions, speech_regions
+from asr.chunks import ChunkPlanner
+from asr.vad import FRAME_S, WINDOW, SegmentOptions, speech_regions
 
 OPTS = SegmentOptions(max_duration=29.0, min_duration=0.0, max_pause=1.0, fill=True)
 

@@ -19,7 +19,7 @@ def crash_on(name: str) -> None:
     import resource
 
     import asr.ingest
-    import asr.vad
+    import asr.segment
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file in the working folder
 
@@ -32,7 +32,7 @@ def crash_on(name: str) -> None:
         return decode
 
     asr.ingest.probe = wrap(asr.ingest.probe)
-    asr.vad.stream = wrap(asr.vad.stream)
+    asr.segment.stream = wrap(asr.segment.stream)
 
 
 def test_a_torn_last_line_is_cut_off_and_appends_stay_readable(tmp_path):

@@ -7,7 +7,7 @@ import importlib.util
 import ctranslate2
 import pytest
 
-from asr.engine.models import ModelNotFoundError, resolve_model
+from asr.models import ModelNotFoundError, resolve_model
 from tests.conftest import espeak
 
 

@@ -11,8 +11,9 @@ import pytest
 from asr.ingest import IngestOptions, ingest
 from asr.manifest import read_recordings, read_segments
 from asr.rights import RightsPolicy
+from asr.segment import segment
 from asr.shards import ShardOptions, read_shards, shard, shard_paths
-from asr.vad import SegmentOptions, segment
+from asr.vad import SegmentOptions
 
 
 @pytest.fixture(scope="module")

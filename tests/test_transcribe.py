@@ -25,9 +25,11 @@ from whisper_normalizer.english import EnglishTextNormalizer
 
 from asr.audio import load
 from asr.engine import whisper as whisper_engine
+from asr.engine.inputs import collect_jobs, output_key
 from asr.engine.jobs import DB_NAME
-from asr.engine.transcribe import TranscribeOptions, collect_jobs, output_key, transcribe
-from asr.engine.whisper import DecodeOptions, Window, compression_ratio, has_loop, max_tokens
+from asr.engine.transcribe import TranscribeOptions, transcribe
+from asr.engine.types import DecodeOptions, Window, compression_ratio
+from asr.engine.whisper import has_loop, max_tokens
 
 NORM = EnglishTextNormalizer()
 ENGLISH = [  # (path in the sample archive, how its transcript is given)
@@ -537,7 +539,8 @@ def test_a_second_run_on_the_same_out_dir_is_refused_and_stale_temps_go(realspee
 def test_no_run_ends_with_a_recording_neither_done_nor_failed(realspeech, tmp_path):
     """A result lost between the model and the job database (as the race in `_collect` lost a
     batch) fails its recording with a reason; it is never left 'running' by a finished run."""
-    from asr.engine.transcribe import Transcriber, run_jobs
+    from asr.engine.transcribe import run_jobs
+    from asr.engine.transcriber import Transcriber
 
     with open(realspeech / "catalogue.csv", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["path"].startswith("ljspeech_coqui/")][:3]
@@ -546,7 +549,7 @@ def test_no_run_ends_with_a_recording_neither_done_nor_failed(realspeech, tmp_pa
     opts = _opts(formats=("json",))
 
     def lossy(todo):
-        for i, fin in enumerate(Transcriber(out, opts).run(todo)):
+        for i, fin in enumerate(Transcriber(opts).run(todo)):
             if i != 1:
                 yield fin
 

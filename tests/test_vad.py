@@ -16,17 +16,11 @@ import pytest
 import soundfile as sf
 
 from asr.audio import stream
+from asr.chunks import plan_segments
 from asr.ingest import IngestOptions, ingest
 from asr.manifest import read_recordings, read_segments
-from asr.vad import (
-    FRAME_S,
-    SegmentOptions,
-    SileroVad,
-    find_vad_model,
-    plan_segments,
-    segment,
-    speech_regions,
-)
+from asr.segment import segment
+from asr.vad import FRAME_S, SegmentOptions, SileroVad, find_vad_model, speech_regions
 from tests.conftest import espeak
 
 SENTENCES = [
@@ -172,7 +166,7 @@ def test_segment_reports_a_file_gone_since_ingest(sample_manifests, tmp_path):
 
 def test_stream_chunks_plans_while_streaming(speech_file):
     """One pass, in small blocks: the chunks still hold every sentence whole, in order."""
-    from asr.vad import stream_chunks
+    from asr.chunks import stream_chunks
 
     path, spans = speech_file
     opts = SegmentOptions(max_duration=9.0, fill=True)

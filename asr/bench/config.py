@@ -35,8 +35,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asr.bench.normalize import VERSIONS, NormalizerSpec, make_normalizer
 from asr.config import ConfigError, Invalid, from_dict, load_yaml, show
+from asr.metrics import VERSIONS, NormalizerSpec, make_normalizer
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pathlib import Path
 from asr.bench.config import BenchConfig
 from asr.bench.history import History
 from asr.bench.runner import run_in_process
-from asr.bench.scoring import Comparison, paired_bootstrap, score_pairs, summarize
+from asr.metrics import Comparison, paired_bootstrap, score_pairs, summarize
 
 log = logging.getLogger(__name__)
 

@@ -27,19 +27,19 @@ from typing import TYPE_CHECKING
 
 from asr.audio import SAMPLE_RATE
 from asr.bench.config import ModelSpec, TestSetSpec
-from asr.bench.normalize import NormalizerSpec
 from asr.bench.testsets import Utterance, dataset_hash, utterances
+from asr.metrics import NormalizerSpec
 
 if TYPE_CHECKING:  # the engine is imported in the child process only
-    from asr.engine.transcribe import Job, TranscribeOptions
+    from asr.engine.inputs import Job
+    from asr.engine.types import TranscribeOptions
 
 log = logging.getLogger(__name__)
 
 
 def transcribe_options(model: ModelSpec) -> TranscribeOptions:
     """The model's options as `asr transcribe` options (its defaults for everything else)."""
-    from asr.engine.transcribe import TranscribeOptions
-    from asr.engine.whisper import DecodeOptions
+    from asr.engine.types import DecodeOptions, TranscribeOptions
 
     o = model.options
     return TranscribeOptions(
@@ -64,7 +64,7 @@ def prepare(items: Iterable[Utterance], audio_dir: Path) -> tuple[list[Utterance
     set never sits in memory whole)."""
     import soundfile as sf
 
-    from asr.engine.transcribe import Job
+    from asr.engine.inputs import Job
 
     audio_dir.mkdir(parents=True, exist_ok=True)
     kept, jobs = [], []
@@ -87,9 +87,10 @@ def transcribe_all(
 ) -> tuple[list[str], float, dict]:
     """Run the jobs as `asr transcribe` does (outputs in out_dir): the hypotheses (each item's
     transcript text: its segments' texts joined), the wall time after a warm-up, model info."""
-    from asr.engine.transcribe import Job, Transcriber
+    from asr.engine.inputs import Job
+    from asr.engine.transcriber import Transcriber
 
-    tr = Transcriber(out_dir, transcribe_options(model))
+    tr = Transcriber(transcribe_options(model))
     if jobs:
         # warm-up on the shortest item, under a key of its own (nothing it leaves in the
         # Transcriber touches the real run): first-call allocations are not the model's speed

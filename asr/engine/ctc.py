@@ -17,7 +17,7 @@ import ctranslate2
 import numpy as np
 
 from asr.audio import SAMPLE_RATE
-from asr.engine.whisper import (
+from asr.engine.types import (
     DecodeOptions,
     PartResult,
     Window,

