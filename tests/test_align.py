@@ -145,6 +145,8 @@ def test_real_long_recordings(realspeech, realspeech_catalogue, tmp_path):
     assert len(yields) == 3 and all(y >= 0.5 for y in yields.values()), yields
     langs = {s.language for s in read_segments(tmp_path / "aligned.jsonl")}
     assert langs == {"en", "de", "es"}
+    # the engine yields transcripts and writes nothing: no empty folders named for the ids
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]
 
 
 def _aligned_cases(tmp_path):

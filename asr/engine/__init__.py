@@ -1,1 +1,1 @@
-"""The transcription engine: CTranslate2 Whisper and wav2vec2 (CTC) models for `asr transcribe`."""
+"""`asr transcribe`: the job runner, the Transcriber and the CTranslate2 Whisper and CTC engines."""

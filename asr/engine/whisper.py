@@ -12,7 +12,7 @@ alignment.
 
 faster-whisper's parts do what they do well here: loading, the mel front end, the tokenizer,
 splitting tokens at timestamps and word alignment. What faster-whisper lacks is what this
-module adds: batches of packed windows across recordings, shortened encoder contexts, and
+module adds: batches of packed windows of many recordings at once, shortened encoder contexts, and
 fallback per window.
 """
 
