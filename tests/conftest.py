@@ -17,9 +17,9 @@ import pytest
 import soundfile as sf
 
 from asr.ingest import IngestOptions, ingest
-from asr.sample_archive import build_sample_archive
 from asr.vad import SegmentOptions, segment
 from benchmarks.realspeech import REALSPEECH, write_catalogue
+from sample_archive.build import build_sample_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 
