@@ -25,7 +25,7 @@ $(BIN)/asr: pyproject.toml
 setup: system-deps $(BIN)/asr
 
 sample: setup
-	$(BIN)/python -m asr.sample_archive build/sample-archive
+	$(BIN)/python -m sample_archive.build build/sample-archive
 
 demo: sample
 	$(BIN)/asr ingest --catalogue build/sample-archive/catalogue.csv --out $(DEMO)

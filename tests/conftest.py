@@ -17,10 +17,10 @@ import pytest
 import soundfile as sf
 
 from asr.ingest import IngestOptions, ingest
-from asr.sample_archive import build_sample_archive
 from asr.segment import segment
 from asr.vad import SegmentOptions
 from benchmarks.realspeech import REALSPEECH, write_catalogue
+from sample_archive.build import build_sample_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,6 +6,11 @@ rights statements, some transcripts inline and some in files, some missing, plus
 an empty file. Real archive material cannot ship with the repository, so this module builds
 such an archive from espeak-ng speech and plain sentences written for this purpose.
 
+Two data files next to this module describe the archive: ``sentences.json`` holds the sentences
+of each language, and ``items.csv`` the items in catalogue order (path, format, catalogue
+fields, espeak-ng voice, speed and pitch, sample rate, channels, length, transcript kind, level
+and hiss). Edit them, not this code, to change what is built, and bump ``ARCHIVE_VERSION``.
+
 Output is deterministic for a given seed and espeak-ng version: every random choice (sentence
 order, pauses, noise, corrupt bytes) comes from ``numpy.random.default_rng(seed)``, and files
 carry no timestamps. Lossless files are byte-identical between runs; lossy ones are as close as
@@ -16,22 +21,24 @@ The build is idempotent and atomic: an archive whose ``.complete`` marker matche
 directory next to OUT_DIR and renamed into place, so an interrupted run never leaves a
 half-built OUT_DIR.
 
-Usage::
+It lives outside the ``asr`` package (and its wheel): ``make sample`` runs it into
+``build/sample-archive`` for the demo, and the tests call ``build_sample_archive`` from
+``tests/conftest.py``. Usage, from the repository root::
 
-    python -m asr.sample_archive OUT_DIR [--seed 0]
+    python -m sample_archive.build OUT_DIR [--seed 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -39,7 +46,7 @@ import av
 import numpy as np
 import soundfile as sf
 
-log = logging.getLogger("asr.sample_archive")  # not __main__ under python -m
+log = logging.getLogger("sample_archive")  # not __main__ under python -m
 
 #: Bump when the generated content changes, so existing archives are rebuilt.
 ARCHIVE_VERSION = 1
@@ -59,167 +66,12 @@ COLUMNS = (
     "shelfmark",
 )
 ESPEAK_RATE = 22050  # espeak-ng always writes 22.05 kHz mono
-
-# Plain sentences written for this archive (no third-party text). Avoid digits so that the
-# transcript is exactly what is spoken.
-SENTENCES: dict[str, tuple[str, ...]] = {
-    "en": (
-        "The city library opened its doors to the public on a cold morning in early spring.",
-        "Its reading room has tall windows that face the river.",
-        "For many years the library kept its newspapers in a cellar below the main hall.",
-        "Visitors were asked to sign their names in a large book at the entrance.",
-        "The oldest maps in the collection show the harbour before the new docks were built.",
-        "A small team of volunteers helped to sort the letters and photographs.",
-        "The river runs slowly through the valley and turns west near the old mill.",
-        "In winter the water sometimes freezes along the banks.",
-        "Fishing boats used to tie up beside the market square every Friday.",
-        "The harbour master kept a record of every ship that entered the port.",
-        "Most of the cargo was timber, grain and salt.",
-        "When the fog came in, the bell on the pier was rung every few minutes.",
-        "The ferry crossed the bay twice a day in summer and once a day in winter.",
-        "Children often waited on the quay to watch the boats come home.",
-        "The lecture hall on the second floor could seat about two hundred people.",
-        "Public talks were held there on the first Tuesday of every month.",
-        "The archive stores sound recordings, films and printed programmes.",
-        "Each recording is given a shelf mark and a short description.",
-        "Some of the tapes were damaged by damp and had to be copied carefully.",
-        "The catalogue lists the title, the date and the language of every item.",
-        "A new bridge was finished after three years of work.",
-        "Before the bridge was built, carts had to wait for the ferry.",
-        "The old warehouse by the canal now holds the city museum.",
-        "Its walls are made of red brick and its roof is covered with slate.",
-        "In the evenings the reading room was lit by green lamps.",
-        "Students came to copy passages from rare books by hand.",
-        "The librarian knew where almost every book was kept.",
-        "A fire in the east wing destroyed part of the music collection.",
-        "Most of the lost scores were later replaced by gifts from other libraries.",
-        "The tide rises and falls twice each day in the harbour.",
-        "At low tide the mud flats are full of birds.",
-        "Local farmers brought apples and cheese to the market by boat.",
-        "The lighthouse at the end of the pier was painted white and red.",
-        "Its keeper lived in a small house at the foot of the tower.",
-        "Weather reports were read on the radio every morning at seven.",
-        "Listeners wrote letters to the station asking for their favourite songs.",
-        "The radio studio was a quiet room with heavy curtains on every wall.",
-        "Many of the early broadcasts were never recorded at all.",
-        "Those that survive give us a rare view of everyday life in the town.",
-        "The archive is open to researchers on weekdays from nine until five.",
-    ),
-    "de": (
-        "Die Stadtbibliothek wurde im Frühjahr für die Öffentlichkeit eröffnet.",
-        "Der Lesesaal hat hohe Fenster mit Blick auf den Fluss.",
-        "Viele Jahre lang lagen die alten Zeitungen im Keller unter der großen Halle.",
-        "Am Eingang trugen sich die Besucher in ein dickes Buch ein.",
-        "Die ältesten Karten zeigen den Hafen, bevor die neuen Kais gebaut wurden.",
-        "Eine kleine Gruppe von Freiwilligen half beim Ordnen der Briefe und Fotografien.",
-        "Der Fluss fließt langsam durch das Tal und biegt bei der alten Mühle nach Westen ab.",
-        "Im Winter friert das Wasser am Ufer manchmal zu.",
-        "Jeden Freitag legten die Fischerboote neben dem Marktplatz an.",
-        "Der Hafenmeister schrieb jedes Schiff auf, das in den Hafen einlief.",
-        "Die meisten Schiffe brachten Holz, Getreide und Salz.",
-        "Bei Nebel läutete man die Glocke am Steg alle paar Minuten.",
-        "Im Sommer fuhr die Fähre zweimal am Tag über die Bucht.",
-        "Die Kinder warteten oft am Kai, um die Boote heimkehren zu sehen.",
-        "Der Vortragssaal im ersten Stock bot Platz für etwa zweihundert Menschen.",
-        "Dort fanden jeden Monat öffentliche Vorträge statt.",
-        "Das Archiv bewahrt Tonaufnahmen, Filme und gedruckte Programme auf.",
-        "Jede Aufnahme erhält eine Signatur und eine kurze Beschreibung.",
-        "Einige Bänder waren feucht geworden und mussten vorsichtig kopiert werden.",
-        "Der Katalog nennt Titel, Datum und Sprache jedes Stückes.",
-        "Nach drei Jahren Bauzeit wurde die neue Brücke fertig.",
-        "Vor dem Bau der Brücke mussten die Wagen auf die Fähre warten.",
-        "Im alten Lagerhaus am Kanal befindet sich heute das Stadtmuseum.",
-        "Seine Mauern bestehen aus rotem Backstein.",
-        "Am Abend wurde der Lesesaal von grünen Lampen erhellt.",
-        "Studenten kamen, um Abschnitte aus seltenen Büchern abzuschreiben.",
-        "Die Bibliothekarin wusste, wo fast jedes Buch stand.",
-        "Ein Brand im Ostflügel zerstörte einen Teil der Musiksammlung.",
-        "Die meisten verlorenen Noten wurden später durch Geschenke ersetzt.",
-        "Im Hafen steigt und fällt das Wasser zweimal am Tag.",
-        "Bei Ebbe ist das Watt voller Vögel.",
-        "Die Bauern brachten Äpfel und Käse mit dem Boot zum Markt.",
-        "Der Leuchtturm am Ende der Mole war weiß und rot gestrichen.",
-        "Der Wärter wohnte in einem kleinen Haus am Fuß des Turms.",
-        "Der Wetterbericht wurde jeden Morgen um sieben Uhr im Radio verlesen.",
-        "Die Hörer schrieben Briefe an den Sender und wünschten sich Lieder.",
-        "Das Studio war ein stiller Raum mit schweren Vorhängen an allen Wänden.",
-        "Viele der frühen Sendungen wurden nie aufgezeichnet.",
-        "Die erhaltenen Aufnahmen zeigen das Alltagsleben in der Stadt.",
-        "Das Archiv ist werktags von neun bis fünf Uhr für die Forschung geöffnet.",
-    ),
-    "es": (
-        "La biblioteca municipal abrió sus puertas al público una mañana de primavera.",
-        "La sala de lectura tiene ventanas altas que dan al río.",
-        "Durante muchos años los periódicos se guardaron en un sótano bajo la sala principal.",
-        "Los visitantes firmaban con su nombre en un gran libro a la entrada.",
-        "Los mapas más antiguos muestran el puerto antes de la construcción de los muelles.",
-        "Un pequeño grupo de voluntarios ayudó a ordenar las cartas y las fotografías.",
-        "El río pasa despacio por el valle y gira hacia el oeste junto al viejo molino.",
-        "En invierno el agua a veces se congela en las orillas.",
-        "Los barcos de pesca amarraban junto a la plaza del mercado todos los viernes.",
-        "El capitán del puerto anotaba cada barco que entraba en la bahía.",
-        "La mayor parte de la carga era madera, trigo y sal.",
-        "Cuando llegaba la niebla, tocaban la campana del muelle cada pocos minutos.",
-        "En verano el transbordador cruzaba la bahía dos veces al día.",
-        "Los niños esperaban en el muelle para ver volver los barcos.",
-        "El salón de actos del primer piso tenía lugar para unas doscientas personas.",
-        "Allí se daban conferencias públicas el primer martes de cada mes.",
-        "El archivo conserva grabaciones de sonido, películas y programas impresos.",
-        "Cada grabación recibe una signatura y una breve descripción.",
-        "Algunas cintas se dañaron por la humedad y hubo que copiarlas con cuidado.",
-        "El catálogo indica el título, la fecha y el idioma de cada documento.",
-        "El nuevo puente se terminó después de tres años de obras.",
-        "Antes del puente, los carros tenían que esperar al transbordador.",
-        "El viejo almacén junto al canal alberga hoy el museo de la ciudad.",
-        "Sus muros son de ladrillo rojo y su tejado es de pizarra.",
-        "Por la tarde la sala de lectura se iluminaba con lámparas verdes.",
-        "Los estudiantes venían a copiar a mano pasajes de libros raros.",
-        "La bibliotecaria sabía dónde estaba casi cada libro.",
-        "Un incendio en el ala este destruyó parte de la colección de música.",
-        "Otras bibliotecas donaron después muchas de las partituras perdidas.",
-        "En el puerto la marea sube y baja dos veces al día.",
-        "Con la marea baja, las marismas se llenan de aves.",
-        "Los campesinos traían manzanas y queso al mercado en barca.",
-        "El faro al final del muelle estaba pintado de blanco y rojo.",
-        "El farero vivía en una casa pequeña al pie de la torre.",
-        "El parte meteorológico se leía en la radio cada mañana a las siete.",
-        "Los oyentes escribían cartas a la emisora para pedir sus canciones favoritas.",
-        "El estudio de radio era una sala tranquila con cortinas gruesas.",
-        "Muchas de las primeras emisiones nunca se grabaron.",
-        "Las que se conservan muestran la vida diaria de la ciudad.",
-        "El archivo está abierto a los investigadores de lunes a viernes.",
-    ),
-    "sv": (
-        "Stadsbiblioteket öppnades för allmänheten en kall vårmorgon.",
-        "Läsesalen har höga fönster mot älven.",
-        "De gamla tidningarna förvarades länge i en källare under stora salen.",
-        "Besökarna skrev sina namn i en stor bok vid ingången.",
-        "De äldsta kartorna visar hamnen innan de nya kajerna byggdes.",
-        "Älven rinner långsamt genom dalen och svänger västerut vid den gamla kvarnen.",
-        "På vintern fryser vattnet ibland längs stränderna.",
-        "Fiskebåtarna lade till vid torget varje fredag.",
-        "Hamnkaptenen skrev upp varje fartyg som kom in i hamnen.",
-        "Det mesta av lasten var timmer, spannmål och salt.",
-        "När dimman kom ringde man i klockan på piren.",
-        "Färjan gick över viken två gånger om dagen på sommaren.",
-        "Barnen väntade ofta på kajen för att se båtarna komma hem.",
-        "Arkivet förvarar ljudinspelningar, filmer och tryckta program.",
-        "Varje inspelning får ett signum och en kort beskrivning.",
-        "Några av banden hade skadats av fukt.",
-        "Den nya bron blev färdig efter tre års arbete.",
-        "Det gamla magasinet vid kanalen är i dag stadens museum.",
-        "På kvällarna lystes läsesalen upp av gröna lampor.",
-        "Fyren längst ut på piren var målad i vitt och rött.",
-        "Fyrvaktaren bodde i ett litet hus vid tornets fot.",
-        "Väderleksrapporten lästes i radio varje morgon klockan sju.",
-        "Lyssnarna skrev brev till radiostationen och önskade sånger.",
-        "Många av de tidiga sändningarna spelades aldrig in.",
-        "Arkivet är öppet för forskare på vardagar.",
-    ),
-}
+HERE = Path(__file__).parent
+SENTENCES_FILE = HERE / "sentences.json"
+ITEMS_FILE = HERE / "items.csv"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Item:
     """One catalogue entry and how to synthesise and encode it."""
 
@@ -244,60 +96,70 @@ class Item:
         return self.path.split("/", 1)[0]
 
 
-# fmt: off
-ITEMS: tuple[Item, ...] = (
-    Item("oral_history/harbour_master_1957.wav", "wav", "en", "Interview with a harbour master",
-         "1957-05-04", "public domain", "en+m3", 150, 40, 16000, target_s=11,
-         transcript="inline", noise=0.0008),
-    Item("oral_history/ferry_memories.flac", "flac", "en", "Memories of the ferry",
-         "1961-08-19", "CC0-1.0", "en+f3", 165, 60, 22050, target_s=14, transcript="file",
-         noise=0.0005),
-    Item("oral_history/fischmarkt.wav", "wav", "de", "Erinnerungen an den Fischmarkt",
-         "1959", "CC BY 4.0", "de+f2", 155, 55, 16000, target_s=13, transcript="inline",
-         noise=0.0008),
-    Item("oral_history/entrevista_puerto.opus", "opus", "es", "Entrevista en el puerto",
-         "1964-03-12", "CC-BY-SA-4.0", "es+f3", 160, 65, 48000, target_s=26,
-         transcript="file"),
-    Item("oral_history/hamnen_berattelse.flac", "flac", "sv", "Berättelse om hamnen",
-         "1958", "public domain", "sv+m3", 150, 45, 24000, target_s=20, noise=0.0005),
-    Item("oral_history/mill_workers.m4a", "m4a", "en", "Mill workers remember",
-         "1972-11-02", "In copyright", "en-us+m1", 170, 35, 24000, target_s=55),
-    Item("oral_history/stadtarchiv_gespraech.mp3", "mp3", "de", "Gespräch im Stadtarchiv",
-         "1966", "CC BY-NC 4.0", "de+m3", 160, 40, 22050, target_s=45),
-    Item("radio/news_bulletin_river.mp3", "mp3", "en", "News bulletin: the river in flood",
-         "1962-04-30", "CC BY 4.0", "en+m1", 180, 50, 24000, target_s=9,
-         transcript="inline"),
-    Item("radio/wetterbericht.ogg", "opus", "de", "Wetterbericht", "1963-01-15", "CC0-1.0",
-         "de", 175, 50, 48000, target_s=14, transcript="file"),
-    Item("radio/cronica_del_rio.mp3", "mp3", "es", "Crónica del río", "1960", "",
-         "es+m2", 170, 45, 22050, target_s=40),
-    Item("radio/morning_programme.m4a", "m4a", "en", "Morning programme", "1955-09-09",
-         "public domain", "en+f2", 165, 70, 22050, target_s=28, transcript="file"),
-    Item("radio/noticias_breves.ogg", "opus", "es", "Noticias breves", "1968-06-21",
-         "CC BY 4.0", "es", 185, 55, 48000, target_s=8, transcript="inline", peak=0.35),
-    Item("radio/radioteatern.wav", "wav", "sv", "Radioteatern: kvällen vid hamnen", "1970",
-         "In copyright", "sv+f2", 160, 60, 22050, target_s=90),
-    Item("radio/harbour_report_1965.mp4", "mp4", "en", "Harbour report (newsreel)",
-         "1965-07-07", "CC BY-NC 4.0", "en+m2", 160, 45, 24000, target_s=10),
-    Item("lectures/history_of_the_library.flac", "flac", "en", "A history of the city library",
-         "1957", "public domain", "en+m3", 150, 40, 44100, channels=2, target_s=170,
-         transcript="file"),
-    Item("lectures/bibliotheksgeschichte.m4a", "m4a", "de", "Vortrag: Geschichte der Bibliothek",
-         "1961-10-23", "CC BY 4.0", "de+m3", 150, 45, 24000, target_s=150, transcript="file"),
-    Item("lectures/el_puerto_y_la_ciudad.mp3", "mp3", "es", "El puerto y la ciudad", "1963",
-         "", "es+f3", 155, 55, 16000, target_s=120),
-    Item("lectures/river_ecology_intro.opus", "opus", "en", "Introduction to river ecology",
-         "1969-02-14", "CC-BY-SA-4.0", "en+f4", 160, 60, 48000, target_s=35),
-    Item("lectures/cartografia.wav", "wav", "es", "Lección de cartografía", "1971",
-         "In copyright", "es+m3", 165, 45, 24000, target_s=12, transcript="inline"),
-    Item("lectures/reading_room_rules.flac", "flac", "en", "Reading room announcement",
-         "1974-05-04", "CC BY 4.0", "en-us+f3", 170, 65, 16000, target_s=9),
-    Item("radio/broken.mp3", "corrupt", "en", "Evening news (damaged transfer)", "1961",
-         "public domain"),
-    Item("lectures/empty.wav", "empty", "de", "Vortrag (leere Datei)", "1960-02-02",
-         "CC BY 4.0"),
-)
-# fmt: on
+FORMATS = ("wav", "flac", "mp3", "opus", "m4a", "mp4", "corrupt", "empty")
+TRANSCRIPTS = ("inline", "file", "none")
+
+
+def load_sentences(path: Path = SENTENCES_FILE) -> dict[str, tuple[str, ...]]:
+    """The sentences each language's items are spoken from: ``{"en": ["...", ...], ...}``.
+
+    Plain sentences written for this archive (no third-party text), without digits, so that a
+    transcript is exactly what is spoken.
+    """
+    with path.open(encoding="utf-8") as f:
+        data = json.load(f)
+    sentences = {}
+    for language, pool in data.items():
+        if not pool or not all(isinstance(s, str) and s.strip() for s in pool):
+            raise ValueError(f"{path}: {language!r} needs a list of non-empty sentences")
+        if any(c.isdigit() for s in pool for c in s):
+            raise ValueError(f"{path}: {language!r} has a digit; write numbers out in words")
+        sentences[language] = tuple(pool)
+    return sentences
+
+
+def load_items(sentences: dict[str, tuple[str, ...]], path: Path = ITEMS_FILE) -> tuple[Item, ...]:
+    """The archive's items in catalogue order, one CSV row each, with ``Item``'s fields as columns.
+
+    An empty cell in a column that has a default (``voice`` onwards) takes the default; the
+    corrupt and the empty file leave those synthesis settings empty.
+    """
+    fields = dataclasses.fields(Item)
+    names = [f.name for f in fields]
+    items: list[Item] = []
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != names:
+            raise ValueError(f"{path}: the columns must be {','.join(names)}")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in row or None in row.values():
+                raise ValueError(f"{where}: expected {len(names)} cells")
+            values = {}
+            for field in fields:
+                cell = row[field.name]
+                if field.default is dataclasses.MISSING:
+                    values[field.name] = cell
+                elif cell != "":
+                    try:
+                        values[field.name] = type(field.default)(cell)
+                    except ValueError:
+                        raise ValueError(f"{where}: bad {field.name} {cell!r}") from None
+            item = Item(**values)
+            if item.fmt not in FORMATS:
+                raise ValueError(f"{where}: fmt {item.fmt!r} is not one of {', '.join(FORMATS)}")
+            if item.transcript not in TRANSCRIPTS:
+                raise ValueError(f"{where}: transcript must be one of {', '.join(TRANSCRIPTS)}")
+            if item.fmt not in ("corrupt", "empty") and item.language not in sentences:
+                raise ValueError(f"{where}: no sentences for language {item.language!r}")
+            if any(item.path == other.path for other in items):
+                raise ValueError(f"{where}: {item.path} is listed twice")
+            items.append(item)
+    return tuple(items)
+
+
+SENTENCES = load_sentences()
+ITEMS = load_items(SENTENCES)
 
 PYAV_FORMATS = {
     # fmt: (container format, audio codec, audio bit rate)
@@ -519,9 +381,9 @@ def _readme(seed: int) -> str:
         "rights vary, and `radio/broken.mp3` (corrupt) and `lectures/empty.wav` (empty) are "
         "deliberately unusable.\n\n"
         "All text was written for this archive; nothing here is real archive material.\n\n"
-        f"Generated by `asr/sample_archive.py` (version {ARCHIVE_VERSION}, seed {seed}). "
+        f"Generated by `sample_archive/build.py` (version {ARCHIVE_VERSION}, seed {seed}). "
         "Do not edit by hand; regenerate with:\n\n"
-        f"    python -m asr.sample_archive OUT_DIR --seed {seed}\n"
+        f"    python -m sample_archive.build OUT_DIR --seed {seed}\n"
     )
 
 
@@ -594,7 +456,7 @@ def build_sample_archive(out_dir: Path, seed: int = 0) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(
-        prog="python -m asr.sample_archive",
+        prog="python -m sample_archive.build",
         description=(
             "Generate a small synthetic library sound archive (espeak-ng speech in several "
             "languages and formats, a catalogue.csv with rights and transcripts, plus a corrupt "
