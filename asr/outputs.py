@@ -1,4 +1,5 @@
-"""The transcript data model of `asr transcribe` and its writers (JSON, WebVTT, SRT, text, TEI).
+"""The transcript data model of `asr transcribe` and its writers (JSON, WebVTT, SRT, text, TEI,
+RTTM).
 
 The transcription engine fills a Transcript (segments with word timings, the model, options and
 software versions that made it, and the catalogue fields of the recording); the writers turn it
@@ -39,6 +40,7 @@ class Word:
     end: float
     word: str
     probability: float
+    speaker: str | None = None
 
 
 @dataclass
@@ -55,6 +57,8 @@ class TranscriptSegment:
     words: list[Word] = field(default_factory=list)
     speaker: str | None = None
     language: str | None = None
+    overlap: bool = False
+    """Another speaker talks during most of this segment (diarized transcripts only)."""
 
 
 @dataclass
@@ -71,6 +75,8 @@ class Transcript:
     options: dict[str, Any]
     software: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
+    speakers: list[str] = field(default_factory=list)
+    """The speakers' labels in order of first appearance (diarized transcripts only)."""
 
     @property
     def text(self) -> str:
@@ -81,6 +87,12 @@ class Transcript:
         """A JSON-ready dict of every field (words included) plus the joined `text`."""
         d = asdict(self)
         d["text"] = self.text
+        if not self.speakers:  # not diarized: the record is as it always was
+            del d["speakers"]
+            for s in d["segments"]:
+                del s["overlap"]
+                for w in s["words"]:
+                    del w["speaker"]
         return d
 
     @classmethod
@@ -102,6 +114,7 @@ class Transcript:
             options=dict(d.get("options") or {}),
             software=dict(d.get("software") or {}),
             metadata=dict(d.get("metadata") or {}),
+            speakers=list(d.get("speakers") or []),
         )
 
 
@@ -150,8 +163,9 @@ def wrap_lines(text: str, width: int = LINE_WIDTH) -> list[str]:
     return [text[:i], text[i + 1 :]]
 
 
-def _cues(transcript: Transcript) -> list[tuple[int, int, str]]:
-    """(start_ms, end_ms, text) of each segment with text, by start time, with end > start."""
+def _cues(transcript: Transcript) -> list[tuple[int, int, str, str | None]]:
+    """(start_ms, end_ms, text, speaker) of each segment with text, by start time, with
+    end > start; speaker is None unless the transcript is diarized."""
     cues = []
     for seg in sorted(transcript.segments, key=lambda s: s.start):
         text = _clean(seg.text)
@@ -159,8 +173,13 @@ def _cues(transcript: Transcript) -> list[tuple[int, int, str]]:
             continue
         start = _ms(seg.start)
         end = max(_ms(seg.end), start + 1)  # a zero or negative length becomes 1 ms
-        cues.append((start, end, text))
+        cues.append((start, end, text, seg.speaker if transcript.speakers else None))
     return cues
+
+
+def _turn_starts(cues: list[tuple[int, int, str, str | None]]) -> list[bool]:
+    """Whether each cue starts a speaker's turn (its speaker differs from the cue before)."""
+    return [c[3] is not None and (i == 0 or cues[i - 1][3] != c[3]) for i, c in enumerate(cues)]
 
 
 def _escape_vtt(text: str) -> str:
@@ -179,7 +198,9 @@ def write_json(transcript: Transcript, path: str | Path) -> None:
 
 
 def write_vtt(transcript: Transcript, path: str | Path) -> None:
-    """WebVTT subtitles: one cue per segment with text, at most two lines, text escaped."""
+    """WebVTT subtitles: one cue per segment with text, at most two lines, text escaped; in a
+    diarized transcript each cue opens with its speaker's voice span (`<v SPEAKER_00>`, the
+    W3C WebVTT cue voice, which OHMS and players show)."""
     cues = _cues(transcript)  # before opening, so that a bad time leaves nothing behind
     with atomic_output(path) as f:
         f.write("WEBVTT\n\n")
@@ -187,8 +208,10 @@ def write_vtt(transcript: Transcript, path: str | Path) -> None:
         if transcript.language:
             note.append(f"language: {transcript.language}")
         f.write("NOTE\n" + "\n".join(_clean(n).replace("-->", "->") for n in note) + "\n\n")
-        for n, (start, end, text) in enumerate(cues, 1):
+        for n, (start, end, text, speaker) in enumerate(cues, 1):
             lines = "\n".join(_escape_vtt(line) for line in wrap_lines(text))
+            if speaker is not None:
+                lines = f"<v {_escape_vtt(_clean(speaker))}>{lines}"
             f.write(
                 f"{n}\n{format_timestamp(start / 1000)} --> {format_timestamp(end / 1000)}\n"
                 f"{lines}\n\n"
@@ -196,11 +219,12 @@ def write_vtt(transcript: Transcript, path: str | Path) -> None:
 
 
 def write_srt(transcript: Transcript, path: str | Path) -> None:
-    """SubRip subtitles: cues numbered from 1, one per segment with text, at most two lines."""
+    """SubRip subtitles: cues numbered from 1, one per segment with text, at most two lines;
+    in a diarized transcript the cue that starts a speaker's turn has a line `[SPEAKER_00]`."""
     cues = _cues(transcript)
     with atomic_output(path) as f:
-        for n, (start, end, text) in enumerate(cues, 1):
-            lines = "\n".join(wrap_lines(text))
+        for n, ((start, end, text, speaker), turn) in enumerate(zip(cues, _turn_starts(cues)), 1):
+            lines = "\n".join(([f"[{_clean(speaker)}]"] if turn else []) + wrap_lines(text))
             f.write(
                 f"{n}\n{format_timestamp(start / 1000, ',')} --> "
                 f"{format_timestamp(end / 1000, ',')}\n{lines}\n\n"
@@ -208,10 +232,38 @@ def write_srt(transcript: Transcript, path: str | Path) -> None:
 
 
 def write_txt(transcript: Transcript, path: str | Path) -> None:
-    """Plain text, one segment with text per line."""
-    lines = [t for t in (_clean(s.text) for s in transcript.segments) if t]
+    """Plain text, one segment with text per line; in a diarized transcript a line
+    `SPEAKER_00:` opens each speaker's turn (after an empty line)."""
+    lines = []
+    if transcript.speakers:
+        cues = _cues(transcript)
+        for (_, _, text, speaker), turn in zip(cues, _turn_starts(cues)):
+            if turn:
+                lines += [""] if lines else []
+                lines.append(f"{_clean(speaker)}:")
+            lines.append(text)
+    else:
+        lines = [t for t in (_clean(s.text) for s in transcript.segments) if t]
     with atomic_output(path) as f:
         f.write("".join(line + "\n" for line in lines))
+
+
+def write_rttm(transcript: Transcript, path: str | Path) -> None:
+    """RTTM (NIST's who-spoke-when lines, what diarization scorers read): one SPEAKER line per
+    segment with a speaker, in time order; empty when the transcript is not diarized."""
+    uri = re.sub(r"\s+", "_", transcript.recording_id) or "recording"
+    rows = []
+    for seg in sorted(transcript.segments, key=lambda s: s.start):
+        if seg.speaker is None:
+            continue
+        start, end = _ms(seg.start), max(_ms(seg.end), _ms(seg.start) + 1)
+        who = re.sub(r"\s+", "_", seg.speaker)
+        rows.append(
+            f"SPEAKER {uri} 1 {start / 1000:.3f} {(end - start) / 1000:.3f} <NA> <NA> {who} "
+            "<NA> <NA>\n"
+        )
+    with atomic_output(path) as f:
+        f.write("".join(rows))
 
 
 # --- TEI ---------------------------------------------------------------------------------------
@@ -372,6 +424,8 @@ def tei_tree(transcript: Transcript) -> ET.Element:
         u.set(f"{{{XML_NS}}}id", f"U{n}")
         if s.speaker is not None:
             u.set("who", f"#{speakers[s.speaker]}")
+        if s.overlap:  # TEI's transition: this utterance overlaps another speaker's
+            u.set("trans", "overlap")
         if s.language and s.language != t.language:  # a stretch in another language
             u.set(f"{{{XML_NS}}}lang", _x(s.language))
         words = [w for w in s.words if _clean(w.word)]
@@ -410,6 +464,7 @@ FORMATS: dict[str, Writer] = {
     "srt": write_srt,
     "txt": write_txt,
     "tei": write_tei,
+    "rttm": write_rttm,
 }
 
 EXTENSIONS: dict[str, str] = {
@@ -418,6 +473,7 @@ EXTENSIONS: dict[str, str] = {
     "srt": ".srt",
     "txt": ".txt",
     "tei": ".tei.xml",
+    "rttm": ".rttm",
 }
 
 

@@ -1,0 +1,109 @@
+"""Who said what: speaker turns (from diarization) laid onto a transcript's words and segments.
+
+Diarization says who spoke when; the transcript says what was said when. Each word goes to the
+speaker whose turn overlaps it most (the nearest turn when none does, as WhisperX's
+`assign_word_speakers` fills gaps), a segment is split wherever the speaker changes (so no
+segment straddles a turn), and a stretch where another speaker's turn runs at the same time
+is marked as overlapped. Speakers are labelled SPEAKER_00, SPEAKER_01, ... in order of first
+appearance, or with names given in that order (a catalogue's `speakers` column).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Protocol
+
+from asr.outputs import Transcript, TranscriptSegment, Word
+
+
+class TurnLike(Protocol):
+    """A diarization turn: a speaker label and a span in seconds."""
+
+    start: float
+    end: float
+    speaker: str
+
+
+def label(index: int, names: Sequence[str] | None = None) -> str:
+    """The label of the index-th speaker to appear: its name when given, else SPEAKER_NN."""
+    if names and index < len(names) and names[index].strip():
+        return names[index].strip()
+    return f"SPEAKER_{index:02d}"
+
+
+def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
+    return max(0.0, min(a1, b1) - max(a0, b0))
+
+
+def speaker_at(turns: Sequence[TurnLike], start: float, end: float) -> str | None:
+    """The speaker whose turns overlap [start, end] most; else the nearest turn's; None when
+    there are no turns."""
+    if not turns:
+        return None
+    share: dict[str, float] = {}
+    since: dict[str, float] = {}
+    for t in turns:
+        o = _overlap(start, end, t.start, t.end)
+        if o > 0:
+            share[t.speaker] = share.get(t.speaker, 0.0) + o
+            since[t.speaker] = min(since.get(t.speaker, t.start), t.start)
+    if share:  # a tie goes to the speaker already talking (whose turn began first)
+        return max(share, key=lambda s: (round(share[s], 6), -since[s], s))
+    mid = (start + end) / 2
+    nearest = min(turns, key=lambda t: (min(abs(mid - t.start), abs(mid - t.end)), t.speaker))
+    return nearest.speaker
+
+
+def _overlapped(turns: Sequence[TurnLike], speaker: str | None, start: float, end: float) -> bool:
+    """Whether another speaker's turn runs during most of [start, end] (overlapped speech)."""
+    length = max(end - start, 1e-3)
+    return any(
+        t.speaker != speaker and _overlap(start, end, t.start, t.end) >= 0.5 * length for t in turns
+    )
+
+
+def assign_speakers(
+    transcript: Transcript, turns: Iterable[TurnLike], names: Sequence[str] | None = None
+) -> Transcript:
+    """A copy of transcript with speakers on every word and segment; segments split at every
+    change of speaker; `overlap` set where another speaker talks at the same time."""
+    turns = sorted(turns, key=lambda t: (t.start, t.end, t.speaker))
+    pieces: list[tuple[TranscriptSegment, str | None, list[Word], bool]] = []
+    for seg in transcript.segments:
+        words = [
+            replace(w, speaker=speaker_at(turns, w.start, max(w.end, w.start + 1e-3)))
+            for w in seg.words
+        ]
+        if not words:
+            who = speaker_at(turns, seg.start, seg.end)
+            pieces.append((seg, who, [], _overlapped(turns, who, seg.start, seg.end)))
+            continue
+        runs: list[list[Word]] = [[]]
+        for w in words:
+            if runs[-1] and w.speaker != runs[-1][-1].speaker:
+                runs.append([])
+            runs[-1].append(w)
+        for i, run in enumerate(runs):
+            piece = seg
+            if len(runs) > 1:  # a turn changes inside: cut at the words where it does
+                piece = replace(
+                    seg,
+                    start=seg.start if i == 0 else run[0].start,
+                    end=seg.end if i == len(runs) - 1 else run[-1].end,
+                    text="".join(w.word for w in run),
+                )
+            who = run[0].speaker
+            pieces.append((piece, who, run, _overlapped(turns, who, run[0].start, run[-1].end)))
+
+    order: dict[str, str] = {}  # diarization's label -> published label, by first appearance
+    for _, who, _, _ in sorted(pieces, key=lambda p: p[0].start):
+        if who is not None and who not in order:
+            order[who] = label(len(order), names)
+    segments = []
+    for seg, who, words, overlap in pieces:
+        words = [replace(w, speaker=order.get(w.speaker)) for w in words]
+        segments.append(
+            replace(seg, id=len(segments), speaker=order.get(who), overlap=overlap, words=words)
+        )
+    return replace(transcript, segments=segments, speakers=list(order.values()))
