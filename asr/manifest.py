@@ -307,6 +307,10 @@ def export_lhotse(
 
     Returns (recordings path, supervisions path).
     """
+    # Written as dicts, not with lhotse's Recording/SupervisionSegment and its writer: lhotse
+    # (1.33.0) requires torch and `import lhotse` imports it (lhotse/audio/backend.py), which
+    # the inference install must not pull in; the rows are those objects' to_dict() fields, and
+    # tests load them with lhotse.load_manifest.
     out_dir = Path(out_dir)
     rec_path = out_dir / "recordings.lhotse.jsonl.gz"
     sup_path = out_dir / "supervisions.lhotse.jsonl.gz"

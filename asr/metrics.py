@@ -234,6 +234,10 @@ def summarize(utts: list[UttScore], n_boot: int = 1000, seed: int = 0, top: int 
 
 def confusions(utts: list[UttScore], top: int = 10) -> list[dict]:
     """The most frequent word errors: substitutions (ref -> hyp), deletions, insertions."""
+    # Not jiwer.collect_error_counts (jiwer 4.0.0): it counts one entry per alignment chunk,
+    # the words of a run of adjacent errors joined ('the cat' -> 'a dog' once, not 'the' -> 'a'
+    # and 'cat' -> 'dog'), and returns three dicts, which loses the order of first occurrence
+    # that breaks ties here. Word by word from the same alignments instead.
     counts: Counter = Counter()
     for u in utts:
         if not u.ref or u.errors == 0:

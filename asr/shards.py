@@ -134,7 +134,16 @@ def assign_splits(
 
 
 class _ShardWriter:
-    """Writes `<split>-%06d.tar` shards of one split, each under a temporary name until full."""
+    """Writes `<split>-%06d.tar` shards of one split, each under a temporary name until full.
+
+    Not `wds.ShardWriter` (read in webdataset 1.0.2): it opens each shard under its final name
+    (an `opener` can give a temporary file, but its `post(fname)` hook only gets the name, the
+    stream it did not open is never closed, so it cannot be fsynced and renamed as the commit);
+    it has no abort (`close()` finishes, and `post` would commit, a half-written shard after an
+    OSError); it opens a first shard in `__init__` (an empty tar for a split with no sample);
+    it cuts a shard after it passes `maxsize`, not before (other shard boundaries); and it
+    writes no sidecar. So only its `TarWriter` is used.
+    """
 
     def __init__(self, out_dir: Path, split: str, first_index: int, opts: ShardOptions):
         self.out_dir, self.split, self.index, self.opts = out_dir, split, first_index, opts

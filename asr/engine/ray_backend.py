@@ -76,6 +76,13 @@ def transcribe_ray(
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
 
     def remote(todo: list[Job]) -> Iterator[Finished]:
+        # Not ray.util.ActorPool (read in Ray 2.60.0): get_next_unordered() raises a failed
+        # task's error without saying which submitted value (lot) it was, so the lot of a dead
+        # replica cannot be failed without reading the pool's private state; and it drops a
+        # replica only on ActorDiedError (any other RayError puts it back to take the next lot),
+        # and once every replica has died its queued lots are never submitted and
+        # map_unordered() just ends (has_next() looks at running tasks only). Here each lot
+        # stays paired with its task, and a failed replica is replaced by a fresh one.
         n, res = replica_count(opts, ray.cluster_resources())
         n = min(n, max(1, -(-len(todo) // LOT)))
         log.info("Ray: %d model replica(s), %s each", n, res)
