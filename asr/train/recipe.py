@@ -141,6 +141,18 @@ class Recipe:
         return d
 
 
+@dataclass
+class TrainOptions:
+    """How to run a recipe (see `asr train --help`). Here, not in asr.train.trainer, so that
+    the command line reads it without torch."""
+
+    resume: str = "auto"
+    """auto: continue from the latest checkpoint in RUN_DIR if there is one; never; or a path."""
+    stop_after: int | None = None
+    """Stop (with a checkpoint) after this step, e.g. before a cluster job's time runs out."""
+    progress: bool | None = None
+
+
 def recipe_from_dict(doc: dict, source: str = "<dict>") -> Recipe:
     """A Recipe from a parsed document; ConfigError (a ValueError) names the file and the key."""
     r = from_dict(Recipe, doc, source)
