@@ -143,13 +143,23 @@ class Recipe:
 
 @dataclass
 class TrainOptions:
-    """How to run a recipe (see `asr train --help`). Here, not in asr.train.trainer, so that
-    the command line reads it without torch."""
+    """How to run a recipe: each field but `progress` is an `asr train` option (see
+    asr/cliopts.py). Here, not in asr.train.trainer, so that `asr train --help` needs no torch."""
 
-    resume: str = "auto"
-    """auto: continue from the latest checkpoint in RUN_DIR if there is one; never; or a path."""
-    stop_after: int | None = None
-    """Stop (with a checkpoint) after this step, e.g. before a cluster job's time runs out."""
+    resume: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: continue from RUN_DIR's latest checkpoint if any; never: refuse to "
+            "reuse a RUN_DIR with checkpoints; or a checkpoint folder"
+        },
+    )
+    stop_after: int | None = field(
+        default=None,
+        metadata={
+            "help": "stop after this step with a checkpoint (e.g. inside a cluster job's time "
+            "limit); run the same command again to continue"
+        },
+    )
     progress: bool | None = None
 
 
