@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AlignOptions:
-    """Options of `align`: each field but `max_unheard`, `snap`, `batch_size` and `progress` is
-    an `asr align` option (see asr/cliopts.py)."""
+    """Options of `align`: each field but `progress` is an `asr align` option (see
+    asr/cliopts.py)."""
 
     model: str | None = field(
         default=None,
@@ -74,11 +74,17 @@ class AlignOptions:
             "help": "a sentence is anchored when at least this share of its words match exactly"
         },
     )
-    max_unheard: float = 1.0
-    """Drop a segment holding a longer stretch (s) of speech (VAD) in which no word was heard:
-    audio the model skipped, which the text may not cover."""
-    snap: float = 0.3
-    """How far (s) an edge may move onto a VAD speech onset or offset."""
+    max_unheard: float = field(
+        default=1.0,
+        metadata={
+            "help": "drop a segment holding a longer stretch of speech (VAD) in which no word "
+            "was heard, seconds: audio the model skipped, which the text may not cover"
+        },
+    )
+    snap: float = field(
+        default=0.3,
+        metadata={"help": "how far an edge may move onto a VAD speech onset or offset, seconds"},
+    )
     pad: float = field(default=0.05, metadata={"help": "silence kept around each segment, seconds"})
     rules: Path | None = field(
         default=None,
@@ -88,7 +94,7 @@ class AlignOptions:
         },
     )
     beam_size: int = field(default=5, metadata={"help": "beam search width"})
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata={"help": "windows in the model at once"})
     ctc_model: str | None = field(
         default=None,
         metadata={

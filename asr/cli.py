@@ -107,7 +107,7 @@ def _align_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("recordings", type=Path, help="recordings manifest from `asr ingest`")
     p.add_argument("--out", type=Path, required=True, help="segments manifest to write")
-    add_options(p, AlignOptions, skip=("max_unheard", "snap", "batch_size", "progress"))
+    add_options(p, AlignOptions, skip=("progress",))
     p.add_argument("--strict", action="store_true", help="exit 2 if any recording failed")
     _common(p)
 
@@ -134,7 +134,7 @@ def _transcribe_arguments(p: argparse.ArgumentParser) -> None:
     add_options(
         decoding,
         DecodeOptions,
-        only=("beam_size", "min_context", "word_timestamps"),
+        only=("beam_size", "temperatures", "min_context", "word_timestamps"),
     )
 
 

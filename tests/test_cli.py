@@ -131,6 +131,41 @@ def test_every_default_is_the_dataclass_one(command):
                 pytest.fail(f"{cls.__name__}.{f.name}: an argument without the field's help")
 
 
+def test_options_that_could_not_be_set_can(tmp_path, monkeypatch):
+    r = run("align", "--help")
+    assert r.returncode == 0
+    assert all(o in r.stdout for o in ("--max-unheard", "--snap", "--batch-size"))
+    r = run("transcribe", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())  # as wide as the terminal
+    assert "--temperatures T [T ...]" in text and "(default: 0.0 0.2 0.4 0.6 0.8 1.0)" in text
+
+    import asr.align
+    import asr.engine.transcribe
+    from asr.engine.transcribe import TranscribeResult
+
+    got = {}
+
+    def fake_transcribe(inputs, out, opts):
+        got["transcribe"] = opts
+        return TranscribeResult()
+
+    def fake_align(recordings, out, opts):
+        got["align"] = opts
+        return asr.align.AlignResult()
+
+    monkeypatch.setattr(asr.engine.transcribe, "transcribe", fake_transcribe)
+    monkeypatch.setattr(asr.engine.transcribe, "limit_malloc_arenas", lambda: None)
+    monkeypatch.setattr(asr.align, "align", fake_align)
+    out = str(tmp_path / "o")
+    assert cli.main(["transcribe", "a.wav", "--out", out, "--temperatures", "0", "0.4"]) == 0
+    assert got["transcribe"].decode.temperatures == (0.0, 0.4)
+    align = ["align", "r.jsonl", "--out", out, "--max-unheard", "2", "--snap", "0.1"]
+    assert cli.main([*align, "--batch-size", "4"]) == 0
+    o = got["align"]
+    assert (o.max_unheard, o.snap, o.batch_size) == (2.0, 0.1, 4)
+
+
 def test_options_read_back_as_before(tmp_path, monkeypatch):
     """Options whose command-line form is not the field's: comma-separated, auto, --no-x."""
     import asr.engine.transcribe

@@ -30,7 +30,14 @@ class DecodeOptions:
     `asr transcribe` options (see asr/cliopts.py)."""
 
     beam_size: int = field(default=5, metadata={"help": "beam search width"})
-    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    temperatures: tuple[float, ...] = field(
+        default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        metadata={
+            "metavar": "T",
+            "help": "decoding temperatures, tried in turn: a window whose result looks wrong (a "
+            "loop, a low log probability) is decoded again at the next; 0: beam search",
+        },
+    )
     compression_ratio_threshold: float = 2.4
     log_prob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
