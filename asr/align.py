@@ -50,31 +50,77 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AlignOptions:
-    """Options of `align`; see `asr align --help` for each one's meaning and default."""
+    """Options of `align`: each field but `progress` is an `asr align` option (see
+    asr/cliopts.py)."""
 
-    model: str | None = None
-    max_duration: float = 30.0
-    min_duration: float = 1.0
-    max_cer: float = 0.25
-    min_match: float = 0.6
-    max_unheard: float = 1.0
-    """Drop a segment holding a longer stretch (s) of speech (VAD) in which no word was heard:
-    audio the model skipped, which the text may not cover."""
-    snap: float = 0.3
-    """How far (s) an edge may move onto a VAD speech onset or offset."""
-    pad: float = 0.05
-    rules: Path | None = None
-    beam_size: int = 5
-    batch_size: int = 8
-    device: str = "cpu"
-    compute_type: str | None = None
-    ctc_model: str | None = None
-    """A wav2vec2 CTC model (hub id or folder): force-align each kept segment's text for exact
-    boundaries and a `ctc` score (see asr/forced_align.py)."""
-    ctc_window: float = 1.0
-    """How far (s) beyond the anchored edges the CTC alignment may move them."""
-    min_ctc_score: float | None = None
-    """Drop segments whose mean CTC log-probability per character is below this."""
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Whisper model for anchoring (default: the offline multilingual base when "
+            "installed, else tiny.en); a CTranslate2 folder or a hub id"
+        },
+    )
+    max_duration: float = field(default=30.0, metadata={"help": "longest segment, seconds"})
+    min_duration: float = field(default=1.0, metadata={"help": "shortest segment, seconds"})
+    max_cer: float = field(
+        default=0.25,
+        metadata={
+            "help": "drop a segment whose text and what was heard in its span differ more (CER)"
+        },
+    )
+    min_match: float = field(
+        default=0.6,
+        metadata={
+            "help": "a sentence is anchored when at least this share of its words match exactly"
+        },
+    )
+    max_unheard: float = field(
+        default=1.0,
+        metadata={
+            "help": "drop a segment holding a longer stretch of speech (VAD) in which no word "
+            "was heard, seconds: audio the model skipped, which the text may not cover"
+        },
+    )
+    snap: float = field(
+        default=0.3,
+        metadata={"help": "how far an edge may move onto a VAD speech onset or offset, seconds"},
+    )
+    pad: float = field(default=0.05, metadata={"help": "silence kept around each segment, seconds"})
+    rules: Path | None = field(
+        default=None,
+        metadata={
+            "help": "YAML of text that is not spoken (speaker labels, headings, annotations); "
+            "default: asr/data/align_rules.yaml"
+        },
+    )
+    beam_size: int = field(default=5, metadata={"help": "beam search width"})
+    batch_size: int = field(default=8, metadata={"help": "windows in the model at once"})
+    ctc_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "wav2vec2 CTC model (Hugging Face hub id or folder, e.g. RUN_DIR/final of "
+            "`asr train`): force-align each kept segment's text for exact boundaries and a ctc "
+            "score (needs the train extra); default: Whisper's word times only"
+        },
+    )
+    """See asr/forced_align.py."""
+    ctc_window: float = field(
+        default=1.0,
+        metadata={"help": "seconds beyond the anchored edges the CTC alignment may move them"},
+    )
+    min_ctc_score: float | None = field(
+        default=None,
+        metadata={
+            "help": "drop segments whose mean CTC log-probability per character is lower "
+            "(e.g. -1.5); default: keep all that align"
+        },
+    )
+    device: str = field(
+        default="cpu", metadata={"choices": ("cpu", "cuda"), "help": "where the model runs"}
+    )
+    compute_type: str | None = field(
+        default=None, metadata={"help": "CTranslate2 compute type (default: int8 / float16)"}
+    )
     progress: bool | None = None
 
 

@@ -32,19 +32,34 @@ class ExportError(RuntimeError):
 
 @dataclass
 class ExportOptions:
-    """See `asr export --help`."""
+    """Options of `export`: each field but `max_new_tokens` and `device` is an `asr export`
+    option (see asr/cliopts.py)."""
 
-    quantization: str = "int8"
-    parity_data: list[str] = field(default_factory=list)
-    """A shard folder (its dev split) or audio files; default: the dev shards of training."""
-    parity_samples: int = 16
-    max_parity_wer: float = 0.10
-    """Largest WER between the PyTorch and CTranslate2 transcripts that passes."""
+    quantization: str = field(
+        default="int8",
+        metadata={"choices": QUANTIZATIONS, "help": "weight type of the converted model"},
+    )
+    parity_data: list[str] = field(
+        default_factory=list,
+        metadata={
+            "metavar": "PATH",
+            "help": "a shard folder (its dev split is used) or audio files for the parity "
+            "check; default: the dev shards the model was trained with",
+        },
+    )
+    parity_samples: int = field(default=16, metadata={"help": "utterances compared"})
+    max_parity_wer: float = field(
+        default=0.10,
+        metadata={
+            "help": "largest WER (0-1) between the PyTorch and CTranslate2 transcripts that passes"
+        },
+    )
     max_new_tokens: int = 128
     device: str = "auto"
-    force: bool = False
-    """Replace an existing output folder."""
-    check_parity: bool = True
+    check_parity: bool = field(
+        default=True, metadata={"flag": "--no-parity", "help": "skip the parity check"}
+    )
+    force: bool = field(default=False, metadata={"help": "replace OUT if it exists"})
 
 
 @dataclass

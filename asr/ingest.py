@@ -42,19 +42,44 @@ _JOURNAL_KEY = {"stage": "ingest", "facts": 2}
 
 @dataclass
 class IngestOptions:
-    """Options of `ingest`; see `asr ingest --help`."""
+    """Options of `ingest`: each field is an `asr ingest` option (see asr/cliopts.py)."""
 
-    catalogue: Path | None = None
-    columns: dict[str, str] = field(default_factory=dict)
+    catalogue: Path | None = field(
+        default=None,
+        metadata={
+            "help": "catalogue CSV: id, path (relative to the CSV), title, date, collection, "
+            "language, rights, speakers (';'-separated), transcript (text file) or text; "
+            "other columns are kept as metadata"
+        },
+    )
+    columns: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "flag": "--column",
+            "metavar": "FIELD=COLUMN",
+            "help": "read FIELD from the catalogue's COLUMN (e.g. rights=license); repeatable",
+        },
+    )
     """Our field name -> the catalogue's column name, for catalogues that name them otherwise."""
-    policy: Path | None = None
-    workers: int = 0
-    """Decoding processes; 0 means one per CPU."""
+    policy: Path | None = field(
+        default=None,
+        metadata={
+            "help": "rights policy YAML (default: public domain, CC0, CC BY, CC BY-SA may "
+            "train; anything else only transcribe)"
+        },
+    )
+    allow_outside: bool = field(
+        default=False,
+        metadata={
+            "help": "accept catalogue paths and transcripts (and symbolic links) that lead "
+            "outside the holdings: the catalogue's folder and the HOLDINGS given. Without it "
+            "such a row is refused (a failed item naming the row, the column and why) and the "
+            "rest are ingested"
+        },
+    )
+    workers: int = field(default=0, metadata={"help": "decoding processes; 0: one per CPU"})
     progress: bool | None = None
     """Show a progress bar: True, False, or None for 'when stderr is a terminal'."""
-    allow_outside: bool = False
-    """Accept catalogue paths (and symbolic links) that lead outside the holdings: the
-    catalogue's folder and the holdings folders given. Without it such a row is refused."""
 
 
 @dataclass

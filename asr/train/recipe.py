@@ -141,6 +141,28 @@ class Recipe:
         return d
 
 
+@dataclass
+class TrainOptions:
+    """How to run a recipe: each field but `progress` is an `asr train` option (see
+    asr/cliopts.py). Here, not in asr.train.trainer, so that `asr train --help` needs no torch."""
+
+    resume: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: continue from RUN_DIR's latest checkpoint if any; never: refuse to "
+            "reuse a RUN_DIR with checkpoints; or a checkpoint folder"
+        },
+    )
+    stop_after: int | None = field(
+        default=None,
+        metadata={
+            "help": "stop after this step with a checkpoint (e.g. inside a cluster job's time "
+            "limit); run the same command again to continue"
+        },
+    )
+    progress: bool | None = None
+
+
 def recipe_from_dict(doc: dict, source: str = "<dict>") -> Recipe:
     """A Recipe from a parsed document; ConfigError (a ValueError) names the file and the key."""
     r = from_dict(Recipe, doc, source)

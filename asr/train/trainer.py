@@ -28,24 +28,13 @@ import yaml
 
 from asr.progress import bar as progress_bar
 from asr.train.data import ShardStream, dev_batches, split_shards, to_device
-from asr.train.recipe import Recipe
+from asr.train.recipe import Recipe, TrainOptions
 from asr.train.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 FINAL_INFO = "archive_asr.json"
-
-
-@dataclass
-class TrainOptions:
-    """How to run a recipe (see `asr train --help`)."""
-
-    resume: str = "auto"
-    """auto: continue from the latest checkpoint in RUN_DIR if there is one; never; or a path."""
-    stop_after: int | None = None
-    """Stop (with a checkpoint) after this step, e.g. before a cluster job's time runs out."""
-    progress: bool | None = None
 
 
 @dataclass
