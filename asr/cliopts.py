@@ -9,8 +9,9 @@ and its default, next to the code that uses it, and `asr X --help` shows both.
 
 The field's type says what the option takes: int, float, str, Path (or X | None of them) one
 value; bool is a flag, `--x` where the default is False and `--no-x` where it is True (the
-field gets False); tuple[X, ...] one or more values (`--temperatures 0 0.4`); list[X] one value
-a time, repeatable; dict[str, str] KEY=VALUE, repeatable. Metadata besides "help":
+field gets False); tuple[X, ...] one or more values (`--x 1 2`; with `sep` one value split
+there: `--temperatures 0,0.4`); list[X] one value a time, repeatable; dict[str, str]
+KEY=VALUE, repeatable. Metadata besides "help":
 
     flag     the option's name where it is not the field's (`--column`, `--no-parity`)
     choices  the values allowed

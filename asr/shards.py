@@ -29,15 +29,18 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
-import webdataset as wds
 
 from asr.audio import SAMPLE_RATE, AudioError, cut_spans
 from asr.manifest import ErrorRecord, Recording, Segment, read_recordings, read_segments
 from asr.progress import bar as progress_bar
 from asr.rights import RightsPolicy
+
+if TYPE_CHECKING:  # imported where used: webdataset imports torch when it is installed
+    import webdataset
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +163,7 @@ class _ShardWriter:
 
     def __init__(self, out_dir: Path, split: str, first_index: int, opts: ShardOptions):
         self.out_dir, self.split, self.index, self.opts = out_dir, split, first_index, opts
-        self.tar: wds.TarWriter | None = None
+        self.tar: webdataset.TarWriter | None = None
         self.file = self.sidecar = None
         self.written: dict[str, dict] = {}  # shard name -> info, for shards finished this run
 
@@ -189,6 +192,8 @@ class _ShardWriter:
         self.tmp_sidecar = self.out_dir / f".{self.name[:-4]}.jsonl.tmp"
         self.count, self.size, self.seconds = 0, 0, 0.0
         self.file = open(self.tmp_tar, "wb")
+        import webdataset as wds
+
         self.tar = wds.TarWriter(self.file, mtime=0)  # mtime 0: same input, same bytes
         self.sidecar = open(self.tmp_sidecar, "w", encoding="utf-8")
 
@@ -547,8 +552,10 @@ def _checked_tars(src: Iterator[dict]) -> Iterator[dict]:
         yield item
 
 
-def _webdataset(urls, **kwargs) -> wds.WebDataset:
+def _webdataset(urls, **kwargs) -> webdataset.WebDataset:
     """wds.WebDataset with `_checked_tars` just before the stage that opens the shards."""
+    import webdataset as wds
+
     ds = wds.WebDataset(urls, **kwargs)
     stages = ds.pipeline
     at = next(
@@ -613,7 +620,7 @@ def _decode_sample(sample: dict) -> tuple[np.ndarray, dict]:
     return audio, meta
 
 
-def read_shards(urls: str | list[str], shuffle: int = 0, **kwargs) -> wds.WebDataset:
+def read_shards(urls: str | list[str], shuffle: int = 0, **kwargs) -> webdataset.WebDataset:
     """A webdataset pipeline over shards that yields (audio float32 16 kHz mono, metadata).
 
     urls: shard paths or a brace pattern; shuffle: sample shuffle buffer (0: file order);

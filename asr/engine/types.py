@@ -33,7 +33,8 @@ class DecodeOptions:
     temperatures: tuple[float, ...] = field(
         default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
         metadata={
-            "metavar": "T",
+            "metavar": "T,T,...",
+            "sep": ",",
             "help": "decoding temperatures, tried in turn: a window whose result looks wrong (a "
             "loop, a low log probability) is decoded again at the next; 0: beam search",
         },
