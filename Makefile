@@ -17,7 +17,7 @@ system-deps:  ## espeak-ng speaks the test speech; chromium renders the benchmar
 $(BIN)/asr: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,dist,train,bench]'
+	$(BIN)/pip install -q -e '.[test,dist,train,bench,diarize]'
 	# the Silero VAD model as the silero-vad wheel ships it (its torch dependency is not needed)
 	$(BIN)/pip install -q --no-deps silero-vad
 	touch $@

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asr.audio import MEDIA_EXTENSIONS
 from asr.manifest import atomic_output
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,10 @@ def write_txt(transcript: Transcript, path: str | Path) -> None:
 def write_rttm(transcript: Transcript, path: str | Path) -> None:
     """RTTM (NIST's who-spoke-when lines, what diarization scorers read): one SPEAKER line per
     segment with a speaker, in time order; empty when the transcript is not diarized."""
-    uri = re.sub(r"\s+", "_", transcript.recording_id) or "recording"
+    uri = transcript.recording_id
+    if Path(uri).suffix.lower() in MEDIA_EXTENSIONS:  # as diarization tools name a recording
+        uri = uri[: -len(Path(uri).suffix)]
+    uri = re.sub(r"\s+", "_", uri) or "recording"
     rows = []
     for seg in sorted(transcript.segments, key=lambda s: s.start):
         if seg.speaker is None:

@@ -109,6 +109,8 @@ def run_jobs(
     Every job to do is marked running, with its outputs, before any is transcribed: a job
     whose outputs all exist after a kill is then done, and is not transcribed again.
     """
+    if opts.diarize and "rttm" not in opts.formats:  # who spoke when, as diarization tools give it
+        opts = replace(opts, formats=(*opts.formats, "rttm"))
     bad = [f for f in opts.formats if f not in EXTENSIONS]
     if bad:
         raise ValueError(f"unknown output format(s) {bad}; choose from {sorted(EXTENSIONS)}")

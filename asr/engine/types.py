@@ -267,6 +267,35 @@ class TranscribeOptions:
     )
     pack_gap: float = PACK_GAP
     retry_failed: bool = field(default=False, metadata={"help": "retry recordings that failed"})
+    diarize: bool = field(
+        default=False,
+        metadata={
+            "help": "who spoke when (offline; pip install 'archive-asr[diarize]'): a speaker on "
+            "every word and segment, segments cut where the speaker changes, in every format, "
+            "plus an RTTM file per recording"
+        },
+    )
+    num_speakers: int | None = field(
+        default=None,
+        metadata={
+            "help": "with --diarize: exactly this many speakers (default: as many as the "
+            "catalogue's speakers column names, else as many as are heard)"
+        },
+    )
+    min_speakers: int | None = field(
+        default=None, metadata={"help": "with --diarize: at least this many speakers"}
+    )
+    max_speakers: int | None = field(
+        default=None, metadata={"help": "with --diarize: at most this many speakers"}
+    )
+    speaker_names: str = field(
+        default="generic",
+        metadata={
+            "choices": ("generic", "catalogue"),
+            "help": "with --diarize: generic: SPEAKER_00, SPEAKER_01, ... in order of first "
+            "appearance; catalogue: the catalogue's speakers column's names in that order",
+        },
+    )
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     vad: SegmentOptions = field(
         default_factory=lambda: SegmentOptions(
