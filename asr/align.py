@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import jiwer
@@ -25,7 +25,8 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from asr.audio import cut_spans, stream
-from asr.engine.inputs import Job, output_key
+from asr.diarize import NoTurnsError, speaker_turns_for
+from asr.engine.inputs import Job
 from asr.engine.transcriber import Transcriber
 from asr.engine.types import DecodeOptions, TranscribeOptions
 from asr.manifest import (
@@ -34,6 +35,7 @@ from asr.manifest import (
     Segment,
     TranscriptError,
     atomic_output,
+    output_key,
     read_recordings,
     write_manifest,
 )
@@ -41,6 +43,7 @@ from asr.models import ModelNotFoundError, resolve_model
 from asr.outputs import Transcript
 from asr.progress import bar as progress_bar
 from asr.segment import segment_id
+from asr.speakers import speaker_at
 from asr.stage import Journal, journal_path
 from asr.textnorm import NormText, Rules, normalise, normalise_word
 from asr.vad import FRAME_S, SegmentOptions, SileroVad, speech_regions
@@ -120,6 +123,14 @@ class AlignOptions:
     )
     compute_type: str | None = field(
         default=None, metadata={"help": "CTranslate2 compute type (default: int8 / float16)"}
+    )
+    diarization: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "DIR",
+            "help": "RTTM files of `asr diarize`: each segment gets the speaker who talks most "
+            "in it (a recording without one fails, saying so)",
+        },
     )
     progress: bool | None = None
 
@@ -489,12 +500,16 @@ def align(recordings: Path, out: Path, options: AlignOptions | None = None) -> A
 
             aligner = CtcAligner(opts.ctc_model, device=opts.device)
         texts: dict[str, str] = {}
+        turns: dict[str, list] = {}  # with --diarization: each recording's speaker turns
         bar = progress_bar("align", sum(r.duration for r in todo) / 3600, opts.progress)
         try:
             for rec in todo:  # an unreadable transcript fails its recording, before the model
                 try:
                     texts[rec.id] = rec.reference_text() or ""
-                except TranscriptError as e:
+                    if opts.diarization:
+                        turns[rec.id] = speaker_turns_for(opts.diarization, rec.id)
+                except (TranscriptError, NoTurnsError) as e:
+                    texts.pop(rec.id, None)
                     done[rec.id] = journal.add(rec.id, {"sha256": rec.sha256, "error": str(e)})
                     bar.update(rec.duration / 3600)
             by_key = {output_key(r.id): r for r in todo if r.id in texts}
@@ -514,6 +529,11 @@ def align(recordings: Path, out: Path, options: AlignOptions | None = None) -> A
                     )
                     if aligner is not None and segs:
                         segs = refine(rec, segs, aligner, opts, report)
+                    if rec.id in turns:
+                        segs = [
+                            replace(s, speaker=speaker_at(turns[rec.id], s.start, s.end))
+                            for s in segs
+                        ]
                     entry = {
                         "sha256": rec.sha256,
                         "segments": [asdict(s) for s in segs],

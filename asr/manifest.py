@@ -25,6 +25,8 @@ from typing import IO, Any, TypeVar
 
 import jsonschema
 
+from asr.audio import MEDIA_EXTENSIONS
+
 
 class ManifestError(ValueError):
     """A manifest line that is not valid JSON or does not follow its record's schema."""
@@ -360,3 +362,13 @@ def _write_dicts(path: str | os.PathLike, rows: Iterable[dict]) -> int:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+def output_key(name: str) -> str:
+    """A safe output path (relative, no '..') for a recording id or path, minus its extension."""
+    parts = [re.sub(r"[^\w.\-]+", "_", x) for x in name.replace("\\", "/").split("/")]
+    parts = [x for x in parts if x not in ("", ".", "..")] or ["recording"]
+    stem, ext = os.path.splitext(parts[-1])
+    if ext.lower() in MEDIA_EXTENSIONS and stem:
+        parts[-1] = stem
+    return "/".join(parts)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from asr.audio import SAMPLE_RATE, AudioError, stream
 from asr.chunks import plan_segments
+from asr.diarize import NoTurnsError, speaker_turns_for
 from asr.manifest import (
     ErrorRecord,
     Recording,
@@ -24,6 +25,7 @@ from asr.manifest import (
     write_manifest,
 )
 from asr.progress import bar as progress_bar
+from asr.speakers import cut_at_turns, speaker_at
 from asr.stage import Crashed, Journal, journal_path, process_map
 from asr.vad import FRAME_S, SegmentOptions, SileroVad, speech_regions
 
@@ -55,8 +57,11 @@ def segment_id(recording_id: str, start: float, end: float) -> str:
 def segment_recording(rec: Recording, opts: SegmentOptions, vad: SileroVad | None) -> list[Segment]:
     """The segments of one recording: its whole reference text when short enough, else VAD's."""
     speaker = rec.speakers[0] if len(rec.speakers) == 1 else None
+    turns = speaker_turns_for(opts.diarization, rec.id) if opts.diarization else None
     text = rec.reference_text()
     if text is not None and rec.duration <= opts.max_duration:
+        if turns is not None:
+            speaker = speaker_at(turns, 0.0, rec.duration)
         return [
             Segment(
                 id=segment_id(rec.id, 0.0, round(rec.duration, 3)),
@@ -72,8 +77,11 @@ def segment_recording(rec: Recording, opts: SegmentOptions, vad: SileroVad | Non
     vad = vad or SileroVad(opts.vad_model)
     probs = vad.probabilities(stream(rec.path, SAMPLE_RATE, block_seconds=32.768))
     spans = plan_segments(speech_regions(probs, opts), probs, rec.duration, opts)
+    pieces = [(a, b, speaker) for a, b in spans]
+    if turns is not None:  # cut where the speaker changes; each piece has its speaker
+        pieces = cut_at_turns(spans, turns, opts.min_duration)
     segments = []
-    for start, end in spans:
+    for start, end, speaker in pieces:
         window = probs[int(start / FRAME_S) : max(int(start / FRAME_S) + 1, int(end / FRAME_S))]
         segments.append(
             Segment(
@@ -101,7 +109,7 @@ def _segment_worker(rec: Recording, opts: SegmentOptions) -> list[Segment] | str
         return segment_recording(rec, opts, _worker_vad)
     except AudioError as e:
         return e.reason
-    except TranscriptError as e:
+    except (TranscriptError, NoTurnsError) as e:
         return str(e)
     except OSError as e:
         return f"cannot read file ({e.strerror or e})"

@@ -107,3 +107,27 @@ def assign_speakers(
             replace(seg, id=len(segments), speaker=order.get(who), overlap=overlap, words=words)
         )
     return replace(transcript, segments=segments, speakers=list(order.values()))
+
+
+def cut_at_turns(
+    spans: list[tuple[float, float]], turns: Sequence[TurnLike], min_duration: float = 0.5
+) -> list[tuple[float, float, str | None]]:
+    """Spans cut where the speaker changes, each with its speaker: (start, end, speaker).
+
+    A cut goes at a turn's edge inside the span where the speaker of the second before it
+    differs from the speaker of the second after it; a piece shorter than min_duration stays
+    with its neighbour, so no piece too short to keep is made."""
+    out: list[tuple[float, float, str | None]] = []
+    for start, end in spans:
+        edges = sorted({t.start for t in turns} | {t.end for t in turns})
+        cuts = [start]
+        for t in edges:
+            if cuts[-1] + min_duration <= t <= end - min_duration:
+                before = speaker_at(turns, max(cuts[-1], t - 1.0), t)
+                after = speaker_at(turns, t, min(end, t + 1.0))
+                if before != after:
+                    cuts.append(t)
+        cuts.append(end)
+        for a, b in zip(cuts, cuts[1:]):
+            out.append((round(a, 3), round(b, 3), speaker_at(turns, a, b)))
+    return out

@@ -62,6 +62,14 @@ class SegmentOptions:
     max_pause: float | None = None
     """A pause longer than this (s) always ends a segment of the streaming planner
     (`ChunkPlanner`): stretches of non-speech stay out of what the model hears."""
+    diarization: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "DIR",
+            "help": "RTTM files of `asr diarize`: segments are cut where the speaker changes "
+            "and get their speaker (a recording without one fails, saying so)",
+        },
+    )
     workers: int = field(default=0, metadata={"help": "VAD processes; 0: one per CPU"})
     progress: bool | None = None
 

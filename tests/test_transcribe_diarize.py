@@ -108,3 +108,62 @@ def test_diarize_from_the_command_line_with_generic_names(diarized, tmp_path):
     assert doc["speakers"] == ["SPEAKER_00", "SPEAKER_01"]
     assert doc["segments"][0]["speaker"] == "SPEAKER_00"
     assert (out / "sample.rttm").is_file()  # RTTM comes with --diarize
+
+
+def test_diarize_stage_then_segment_cuts_at_speaker_changes(diarized, tmp_path):
+    """`asr diarize` writes an RTTM per recording (a rerun keeps it); `asr segment
+    --diarization` cuts segments where the speaker changes and gives each its speaker; a
+    recording without turns fails, saying what to run."""
+    work, _, _ = diarized
+    rttm = tmp_path / "rttm"
+    argv = ["diarize", str(work / "recordings.jsonl"), "--out", str(rttm), "-q"]
+    assert cli(argv) == 0
+    turns = [line.split() for line in (rttm / "call.rttm").read_text().splitlines()]
+    assert {t[7] for t in turns} == {"SPEAKER_00", "SPEAKER_01"}  # the catalogue's two
+    before = (rttm / "call.rttm").stat().st_mtime_ns
+    assert cli(argv) == 0 and (rttm / "call.rttm").stat().st_mtime_ns == before
+
+    segs = tmp_path / "segments.jsonl"
+    argv = ["segment", str(work / "recordings.jsonl"), "--out", str(segs), "--max-duration", "20"]
+    assert cli([*argv, "--diarization", str(rttm), "-q"]) == 0
+    rows = [json.loads(line) for line in segs.read_text().splitlines()]
+    assert rows and {r["speaker"] for r in rows} == {"SPEAKER_00", "SPEAKER_01"}
+    spans = [(float(t[3]), float(t[3]) + float(t[4]), t[7]) for t in turns]
+    for r in rows:  # in each segment, another speaker talks alone at most half the time
+        grid = [r["start"] + 0.01 * i for i in range(int((r["end"] - r["start"]) / 0.01))]
+        who = [{w for a, b, w in spans if a <= t < b} for t in grid]
+        mine = sum(r["speaker"] in w for w in who)
+        others = sum(bool(w) and r["speaker"] not in w for w in who)
+        assert mine > 0 and others <= 0.5 * len(grid), (r, mine, others)
+    plain = tmp_path / "plain.jsonl"
+    assert cli(["segment", str(work / "recordings.jsonl"), "--out", str(plain), "-q"]) == 0
+    assert len(rows) > len(plain.read_text().splitlines())  # cut at the changes
+
+    empty = tmp_path / "none"
+    empty.mkdir()
+    failed = tmp_path / "failed.jsonl"
+    argv = ["segment", str(work / "recordings.jsonl"), "--out", str(failed), "--strict"]
+    assert cli([*argv, "--diarization", str(empty), "-q"]) == 2
+    errors = (tmp_path / "failed.errors.jsonl").read_text()
+    assert "run asr diarize" in errors and "call" in errors
+
+
+def test_align_takes_speakers_from_the_diarization(tmp_path):
+    """The call's words (sample.stm) as its untimed transcript: aligned segments get the
+    speaker who talks most in them."""
+    rows = [line.split() for line in (DIARIZATION / "sample.stm").read_text().splitlines()]
+    rows = sorted((r for r in rows if len(r) > 5), key=lambda r: float(r[3]))
+    text = " ".join(w for r in rows for w in r[5:])
+    with open(tmp_path / "catalogue.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "path", "language", "text"])
+        w.writerow(["call", str(CALL), "en", text])
+    ingest([], tmp_path, IngestOptions(catalogue=tmp_path / "catalogue.csv", allow_outside=True))
+    recs = str(tmp_path / "recordings.jsonl")
+    assert cli(["diarize", recs, "--out", str(tmp_path / "rttm"), "--num-speakers", "2", "-q"]) == 0
+    out = tmp_path / "aligned.jsonl"
+    argv = ["align", recs, "--out", str(out), "--model", "tiny.en", "--max-duration", "10"]
+    assert cli([*argv, "--diarization", str(tmp_path / "rttm"), "-q"]) == 0
+    segs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert segs and {s["speaker"] for s in segs} <= {"SPEAKER_00", "SPEAKER_01"}
+    assert all(s["speaker"] for s in segs)

