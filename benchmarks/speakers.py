@@ -29,7 +29,8 @@ DER of benchmarks/diarization.py:
    benchmarks/measure.py) on recordings of 10 and 60 minutes made by repeating a conversation
    (target: the hour within 100 MB of ten minutes); --long-minutes changes the lengths.
 
-Prints a markdown table, writes everything to build/speakers/results.json (--json).
+Prints a markdown table, writes everything to build/speakers/results.json (--json). Needs the
+diarize extra and meeteval (`pip install -e '.[diarize,cpwer]'`).
 
     python benchmarks/speakers.py                # about 25 minutes on 2 cores
     python benchmarks/speakers.py --quick        # the call and one conversation, 2 vs 4 min
