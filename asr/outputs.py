@@ -249,23 +249,33 @@ def write_txt(transcript: Transcript, path: str | Path) -> None:
         f.write("".join(line + "\n" for line in lines))
 
 
+def _token(text: str) -> str:
+    """A label as one RTTM field: whitespace becomes underscores."""
+    return re.sub(r"\s+", "_", text)
+
+
 def write_rttm(transcript: Transcript, path: str | Path) -> None:
-    """RTTM (NIST's who-spoke-when lines, what diarization scorers read): one SPEAKER line per
-    segment with a speaker, in time order; empty when the transcript is not diarized."""
+    """RTTM (NIST's who-spoke-when lines, what diarization scorers read): a SPEAKER line per
+    turn, in time order, a turn being a speaker's consecutive segments (less than 1 s apart);
+    empty when the transcript is not diarized."""
     uri = transcript.recording_id
     if Path(uri).suffix.lower() in MEDIA_EXTENSIONS:  # as diarization tools name a recording
         uri = uri[: -len(Path(uri).suffix)]
     uri = re.sub(r"\s+", "_", uri) or "recording"
-    rows = []
+    turns: list[list] = []  # [speaker, start ms, end ms]
     for seg in sorted(transcript.segments, key=lambda s: s.start):
-        if seg.speaker is None:
+        if seg.speaker is None or not _clean(seg.text):
             continue
-        start, end = _ms(seg.start), max(_ms(seg.end), _ms(seg.start) + 1)
-        who = re.sub(r"\s+", "_", seg.speaker)
-        rows.append(
-            f"SPEAKER {uri} 1 {start / 1000:.3f} {(end - start) / 1000:.3f} <NA> <NA> {who} "
-            "<NA> <NA>\n"
-        )
+        start, end = _ms(seg.start), _ms(seg.end)
+        if turns and turns[-1][0] == seg.speaker and start - turns[-1][2] < 1000:
+            turns[-1][2] = max(turns[-1][2], end)
+        else:
+            turns.append([seg.speaker, start, end])
+    rows = [
+        f"SPEAKER {uri} 1 {a / 1000:.3f} {(b - a) / 1000:.3f} <NA> <NA> {_token(who)} <NA> <NA>\n"
+        for who, a, b in turns
+        if b > a
+    ]
     with atomic_output(path) as f:
         f.write("".join(rows))
 

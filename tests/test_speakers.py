@@ -144,3 +144,13 @@ def test_a_transcript_without_speakers_is_written_as_before(tmp_path):
         "Good to hear. Yes",
     ]
     assert paths["rttm"].read_text() == ""
+
+
+def test_rttm_holds_turns_not_segments(tmp_path):
+    """A speaker's consecutive segments less than 1 s apart are one RTTM turn (a zero-length
+    segment at 5.9 s only extends it)."""
+    t = assign_speakers(_transcript(), [Turn(0.0, 6.0, "a")])
+    t.segments.append(TranscriptSegment(2, 5.9, 5.9, " Mr.", -0.1, 0.0, 1.0, speaker="SPEAKER_00"))
+    path = write_outputs(t, tmp_path / "one", ("rttm",))["rttm"]
+    rows = [line.split() for line in path.read_text().splitlines()]
+    assert [(float(r[3]), float(r[4]), r[7]) for r in rows] == [(0.4, 5.5, "SPEAKER_00")]
