@@ -33,11 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.realspeech import REALSPEECH  # noqa: E402
+from benchmarks.realspeech import DIARIZATION, REALSPEECH  # noqa: E402
 
-DIARIZATION = Path(
-    os.environ.get("ASR_DIARIZATION", ROOT.parent / "shared" / "data" / "diarization")
-)
 BUILD = ROOT / "build" / "diarization"
 SR = 16000
 

@@ -27,7 +27,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -57,13 +56,10 @@ from asr.metrics import (  # noqa: E402
     summarize,
 )
 from asr.models import resolve_model  # noqa: E402
-from benchmarks.realspeech import REALSPEECH, ROOT  # noqa: E402
+from benchmarks.realspeech import DIARIZATION, REALSPEECH, ROOT  # noqa: E402
 
 log = logging.getLogger("bench")
 
-DIARIZATION = Path(
-    os.environ.get("ASR_DIARIZATION", ROOT.parent / "shared" / "data" / "diarization")
-)
 SR = 16000
 SETS = ("continuous", "continuous-music", "pauses", "multilingual", "longform", "ami", "call")
 SYSTEMS = ("asr", "fw-batched", "fw-sequential")

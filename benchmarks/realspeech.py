@@ -8,6 +8,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REALSPEECH = Path(os.environ.get("ASR_REALSPEECH", ROOT.parent / "shared" / "data" / "realspeech"))
+DIARIZATION = Path(
+    os.environ.get("ASR_DIARIZATION", ROOT.parent / "shared" / "data" / "diarization")
+)
+"""Real multi-speaker speech with who-spoke-when references (AMI excerpts, a telephone call)."""
 
 
 def write_catalogue(realspeech: Path, out: Path) -> Path:

@@ -42,7 +42,6 @@ import argparse
 import csv
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -57,11 +56,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.measure import run_measured  # noqa: E402
-from benchmarks.realspeech import REALSPEECH  # noqa: E402
+from benchmarks.realspeech import DIARIZATION, REALSPEECH  # noqa: E402
 
-DIARIZATION = Path(
-    os.environ.get("ASR_DIARIZATION", ROOT.parent / "shared" / "data" / "diarization")
-)
 BUILD = ROOT / "build" / "speakers"
 SR = 16000
 log = logging.getLogger("bench.speakers")

