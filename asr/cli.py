@@ -97,7 +97,7 @@ def _diarize_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("inputs", nargs="+", type=Path, help="recordings manifests or media files")
     p.add_argument("--out", type=Path, required=True, help="folder for the RTTM files")
-    only = ("num_speakers", "min_speakers", "max_speakers", "threshold")
+    only = ("num_speakers", "min_speakers", "max_speakers", "threshold", "pipeline")
     add_options(p, DiarizeOptions, only=only)
     p.add_argument("--strict", action="store_true", help="exit 2 if any recording failed")
     _common(p)

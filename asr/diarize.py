@@ -107,7 +107,15 @@ class DiarizeOptions:
     """torch CPU threads (None: leave torch's setting)."""
     batch_size: int = 8
     """Windows (segmentation) and chunks (embeddings) per model call."""
-    pipeline: str | None = None
+    pipeline: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "FOLDER|HUB_ID",
+            "help": "a pyannote.audio pipeline instead of the built-in offline one: a folder "
+            "with its config.yaml, or a hub id such as pyannote/speaker-diarization-3.1 (needs "
+            "pip install pyannote.audio, and the network or the hub cache for a hub id)",
+        },
+    )
     """A pyannote.audio pipeline instead of the built-in one: a local folder (with its
     config.yaml) or a hub id such as "pyannote/speaker-diarization-3.1"; needs pyannote.audio."""
 

@@ -164,3 +164,21 @@ def test_align_takes_speakers_from_the_diarization(tmp_path):
     segs = [json.loads(line) for line in out.read_text().splitlines()]
     assert segs and {s["speaker"] for s in segs} <= {"SPEAKER_00", "SPEAKER_01"}
     assert all(s["speaker"] for s in segs)
+
+
+def test_a_users_pyannote_pipeline_without_pyannote_audio_fails_saying_so(tmp_path):
+    """--pipeline takes a user's pyannote.audio pipeline (folder or hub id); where
+    pyannote.audio is not installed, each recording fails naming what to install."""
+    pytest.importorskip("pyannote.core")
+    try:
+        import pyannote.audio  # noqa: F401
+
+        pytest.skip("pyannote.audio is installed")
+    except ImportError:
+        pass
+    out = tmp_path / "rttm"
+    argv = ["diarize", str(CALL), "--out", str(out), "--strict", "-q"]
+    assert cli([*argv, "--pipeline", "pyannote/speaker-diarization-3.1"]) == 2
+    errors = (out / "errors.jsonl").read_text()
+    assert "pip install pyannote.audio" in errors and "sample.wav" in errors
+    assert not list(out.glob("*.rttm"))

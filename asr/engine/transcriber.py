@@ -503,5 +503,6 @@ def speaker_turns(job: Job, opts: TranscribeOptions) -> list:
         max_speakers=opts.max_speakers,
         device=opts.device,
         threads=1 if opts.device == "cpu" else None,
+        pipeline=opts.diarize_pipeline,
     )
     return diarize(job.path, dopts)

@@ -288,6 +288,15 @@ class TranscribeOptions:
     max_speakers: int | None = field(
         default=None, metadata={"help": "with --diarize: at most this many speakers"}
     )
+    diarize_pipeline: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "FOLDER|HUB_ID",
+            "help": "with --diarize: a pyannote.audio pipeline instead of the built-in offline "
+            "one (a folder with its config.yaml, or a hub id such as "
+            "pyannote/speaker-diarization-3.1; needs pip install pyannote.audio)",
+        },
+    )
     speaker_names: str = field(
         default="generic",
         metadata={
