@@ -182,3 +182,26 @@ def test_a_users_pyannote_pipeline_without_pyannote_audio_fails_saying_so(tmp_pa
     errors = (out / "errors.jsonl").read_text()
     assert "pip install pyannote.audio" in errors and "sample.wav" in errors
     assert not list(out.glob("*.rttm"))
+
+
+def test_without_torch_transcribe_runs_and_diarize_says_what_to_install(tmp_path):
+    """The inference path needs no torch: as if it were not installed, `asr transcribe` runs,
+    and `--diarize` exits 1 in one line naming the extra."""
+    import subprocess
+    import sys
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        code = (
+            "import sys; sys.modules['torch'] = None\n"  # as if torch were not installed
+            "from asr.cli import main\n"
+            f"sys.exit(main(['transcribe', {str(CALL)!r}, '--out', {str(tmp_path)!r}, "
+            f"'--formats', 'txt', '-q', *{list(extra)!r}]))\n"
+        )
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+    p = run()
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "sample.txt").read_text().strip()
+    p = run("--diarize")
+    assert p.returncode == 1 and "pip install 'archive-asr[diarize]'" in p.stderr
+    assert "Traceback" not in p.stderr
