@@ -87,6 +87,9 @@ class DiarizeOptions:
     min_speaker_duration: float = 0.5
     """Seconds of speech a cluster needs to be a speaker of its own; smaller clusters are folded
     into the nearest larger one (unless that would leave fewer than min_speakers)."""
+    min_speaker_share: float = 0.01
+    """...and at least this share of all the speech: in a long recording a stray cluster holds
+    seconds, a real speaker minutes (3 voices repeated for 60 min gave 7 speakers without it)."""
     min_fit_speech: float = 0.2
     """Seconds a local speaker must talk in a window for its embedding to help form the
     clusters (shorter ones are only assigned to them)."""
@@ -460,7 +463,8 @@ def _fold_small(x, dur, assign, opts, lo, hi, z) -> np.ndarray:
     while True:
         k = assign.max() + 1
         size = np.bincount(assign, weights=dur, minlength=k)
-        small = np.flatnonzero(size < opts.min_speaker_duration)
+        least = max(opts.min_speaker_duration, opts.min_speaker_share * dur.sum())
+        small = np.flatnonzero(size < least)
         if k <= lo or not small.size or small.size == k:
             if small.size == k and k > lo:  # all small: keep the largest only (down to lo)
                 keep = np.argsort(-size)[:lo]
