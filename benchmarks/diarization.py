@@ -179,21 +179,22 @@ def prepare_sets() -> dict[str, list[dict]]:
     return sets
 
 
-def long_recording(minutes: float) -> Path:
-    """conv3 repeated to the given length (a WAV under build/diarization)."""
-    path = BUILD / f"long_{minutes:g}min.wav"
+def repeat_to(src: Path, minutes: float, path: Path) -> Path:
+    """src (16 kHz mono WAV) repeated to `minutes` long, written to path once (kept)."""
     if not path.exists():
-        conv = BUILD / "conv3.wav"
-        if not conv.exists():
-            prepare_sets()
-        x, _ = sf.read(conv, dtype="int16")
+        x, _ = sf.read(src, dtype="int16")
         n = int(minutes * 60 * SR)
         with sf.SoundFile(path, "w", SR, 1, subtype="PCM_16") as f:
-            done = 0
-            while done < n:
-                f.write(x[: n - done])
-                done += min(len(x), n - done)
+            for i in range(0, n, len(x)):
+                f.write(x[: n - i])
     return path
+
+
+def long_recording(minutes: float) -> Path:
+    """conv3 repeated to the given length (a WAV under build/diarization)."""
+    if not (BUILD / "conv3.wav").exists():
+        prepare_sets()
+    return repeat_to(BUILD / "conv3.wav", minutes, BUILD / f"long_{minutes:g}min.wav")
 
 
 # --- the systems (in a child process) ---------------------------------------------------------

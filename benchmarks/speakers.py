@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.diarization import repeat_to  # noqa: E402
 from benchmarks.measure import run_measured  # noqa: E402
 from benchmarks.realspeech import DIARIZATION, REALSPEECH  # noqa: E402
 
@@ -166,14 +167,7 @@ def prepare_sets(quick: bool) -> dict[str, list[dict]]:
 
 def long_recording(minutes: float) -> Path:
     """A conversation repeated to the given length (a WAV under build/speakers)."""
-    path = BUILD / f"long_{minutes:g}min.wav"
-    if not path.exists():
-        x, _ = sf.read(BUILD / f"{LONG_SOURCE}.wav", dtype="int16")
-        n = int(minutes * 60 * SR)
-        with sf.SoundFile(path, "w", SR, 1, subtype="PCM_16") as f:
-            for i in range(0, n, len(x)):
-                f.write(x[: n - i])
-    return path
+    return repeat_to(BUILD / f"{LONG_SOURCE}.wav", minutes, BUILD / f"long_{minutes:g}min.wav")
 
 
 # --- scoring -----------------------------------------------------------------------------------
