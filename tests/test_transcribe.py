@@ -325,57 +325,6 @@ def test_a_decoding_loop_is_bounded_by_the_audio_length():
     assert max_tokens([w], 448) == 448
 
 
-def test_tokens_split_at_timestamps_as_faster_whisper_does():
-    """split_at_timestamps (owned) cuts tiny.en token lists as faster-whisper 1.2.1's private
-    WhisperModel._split_segments_by_timestamps does (time_offset 0, seek 0)."""
-    from types import SimpleNamespace
-
-    import tokenizers
-    from faster_whisper import WhisperModel
-    from faster_whisper.tokenizer import Tokenizer
-
-    from asr.models import default_model_path
-
-    path = default_model_path() / "tokenizer.json"
-    tok = Tokenizer(tokenizers.Tokenizer.from_file(str(path)), False)
-    ts = tok.timestamp_begin
-
-    def at(s: float) -> int:
-        return ts + round(s / 0.02)
-
-    a, b = tok.encode(" Hello there."), tok.encode(" General Kenobi.")
-    cases = [
-        [at(0), *a, at(1.5), at(1.6), *b, at(3.0)],  # ends with a single timestamp
-        [at(0), *a, at(1.5), at(1.6), *b, at(3.0), at(3.0)],  # ends with a pair
-        [at(0), *a, at(1.5), at(1.6), *b],  # text after the last pair: dropped
-        [at(0.4), *a, at(1.5), at(1.6), *b, at(3.0), tok.eot],
-        [at(0), at(0.2), *a, at(2.0)],  # an empty segment first
-        [*a, *b],  # no timestamps (a window of one chunk)
-        [at(0), *a],  # only <|0.00|>: to the end
-        [at(0), *a, at(2.4)],  # one segment, to its last timestamp
-        [],
-    ]
-    mine = [whisper_engine.split_at_timestamps(t, ts, 0.02, 7.5) for t in cases]
-    assert [tok.decode(s["tokens"]) for s in mine[0]] == [" Hello there.", " General Kenobi."]
-    assert [(s["start"], s["end"]) for s in mine[0]] == [(0.0, 1.5), (1.6, 3.0)]
-    assert len(mine[2]) == 1 and mine[5][0]["end"] == mine[6][0]["end"] == 7.5
-    fw_split = getattr(WhisperModel, "_split_segments_by_timestamps", None)
-    if fw_split is None:
-        pytest.skip("this faster-whisper has no _split_segments_by_timestamps to compare with")
-    model = SimpleNamespace(time_precision=0.02, input_stride=2)
-    for tokens, ours in zip(cases, mine):
-        theirs, _, _ = fw_split(
-            model,
-            tokenizer=tok,
-            tokens=tokens,
-            time_offset=0.0,
-            segment_size=1500,
-            segment_duration=7.5,
-            seek=0,
-        )
-        assert ours == [{k: s[k] for k in ("start", "end", "tokens")} for s in theirs], tokens
-
-
 def test_long_recording_is_transcribed_end_to_end(realspeech, tmp_path):
     """Six minutes of joined utterances: chunks stitched back in order, over the whole length."""
     with open(realspeech / "catalogue.csv", encoding="utf-8") as f:

@@ -11,7 +11,7 @@ temperatures, as Whisper does. Word timestamps come from ctranslate2's cross-att
 alignment.
 
 faster-whisper's parts do what they do well here: loading, the mel front end, the tokenizer
-and word alignment (splitting tokens at timestamps follows its code, owned here). What
+and word alignment, and splitting tokens at timestamps (a private method: version pinned). What
 faster-whisper lacks is what this module adds: batches of packed windows of many recordings at
 once, shortened encoder contexts, and fallback per window.
 """
@@ -68,36 +68,6 @@ def has_loop(tokens: list[int], n: int = 3, max_repeats: int = 4) -> bool:
                     return True
                 prev = gram
     return False
-
-
-def split_at_timestamps(
-    tokens: list[int], timestamp_begin: int, time_precision: float, duration: float
-) -> list[dict]:
-    """Decoded tokens cut into segments (start, end, tokens) at each pair of adjacent timestamp
-    tokens, times in seconds from the window's start.
-
-    Follows faster-whisper 1.2.1's private `WhisperModel._split_segments_by_timestamps` (with
-    time_offset and seek 0), owned here because a private method can change without notice.
-    Each segment runs from one pair to the next, its times from its first and last tokens;
-    text after the last pair is dropped unless the output ends with a single timestamp (nothing
-    said after it). Without any pair, all the tokens are one segment, ending at its last
-    timestamp, or at duration where there is none but <|0.00|>."""
-    ts = timestamp_begin
-    cuts = [i for i in range(1, len(tokens)) if tokens[i] >= ts and tokens[i - 1] >= ts]
-    if not cuts:
-        stamps = [t for t in tokens if t >= ts]
-        end = (stamps[-1] - ts) * time_precision if stamps and stamps[-1] != ts else duration
-        return [dict(start=0.0, end=end, tokens=tokens)]
-    if len(tokens) >= 2 and tokens[-2] < ts <= tokens[-1]:
-        cuts.append(len(tokens))
-    return [
-        dict(
-            start=(tokens[a] - ts) * time_precision,
-            end=(tokens[b - 1] - ts) * time_precision,
-            tokens=tokens[a:b],
-        )
-        for a, b in zip([0, *cuts], cuts)
-    ]
 
 
 class WhisperEngine:
@@ -230,8 +200,17 @@ class WhisperEngine:
                 segment_lists.append([])
                 continue
             tok = self.tokenizer(w.language, opts.task)
-            subsegments = split_at_timestamps(
-                out["tokens"], tok.timestamp_begin, self.fw.time_precision, min(WINDOW_S, w.length)
+            # faster-whisper's private split (pinned: faster-whisper>=1.2,<1.3 in pyproject.toml).
+            # An own copy (split_at_timestamps, this session) matched it on nine token lists but
+            # not on real decoding: multilingual base WER 34.0 -> 40.3% (benchmarks/hard_audio.py)
+            size = int(np.ceil(min(context, w.length + 0.5)) * self.fw.frames_per_second)
+            subsegments, _, _ = self.fw._split_segments_by_timestamps(
+                tokenizer=tok,
+                tokens=out["tokens"],
+                time_offset=0.0,
+                segment_size=size,
+                segment_duration=min(WINDOW_S, w.length),
+                seek=0,
             )
             segs = [
                 dict(
