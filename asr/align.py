@@ -43,7 +43,7 @@ from asr.models import ModelNotFoundError, resolve_model
 from asr.outputs import Transcript
 from asr.progress import bar as progress_bar
 from asr.segment import segment_id
-from asr.speakers import speaker_at
+from asr.speakers import Turns, speaker_at
 from asr.stage import Journal, journal_path
 from asr.textnorm import NormText, Rules, normalise, normalise_word
 from asr.vad import FRAME_S, SegmentOptions, SileroVad, speech_regions
@@ -500,14 +500,14 @@ def align(recordings: Path, out: Path, options: AlignOptions | None = None) -> A
 
             aligner = CtcAligner(opts.ctc_model, device=opts.device)
         texts: dict[str, str] = {}
-        turns: dict[str, list] = {}  # with --diarization: each recording's speaker turns
+        turns: dict[str, Turns] = {}  # with --diarization: each recording's speaker turns
         bar = progress_bar("align", sum(r.duration for r in todo) / 3600, opts.progress)
         try:
             for rec in todo:  # an unreadable transcript fails its recording, before the model
                 try:
                     texts[rec.id] = rec.reference_text() or ""
                     if opts.diarization:
-                        turns[rec.id] = speaker_turns_for(opts.diarization, rec.id)
+                        turns[rec.id] = Turns(speaker_turns_for(opts.diarization, rec.id))
                 except (TranscriptError, NoTurnsError) as e:
                     texts.pop(rec.id, None)
                     done[rec.id] = journal.add(rec.id, {"sha256": rec.sha256, "error": str(e)})

@@ -49,6 +49,7 @@ from asr.manifest import (
     read_recordings,
     write_manifest,
 )
+from asr.outputs import format_rttm
 from asr.progress import bar as progress_bar
 from asr.stage import Journal, journal_path
 
@@ -123,6 +124,13 @@ class DiarizeOptions:
     )
     """A pyannote.audio pipeline instead of the built-in one: a local folder (with its
     config.yaml) or a hub id such as "pyannote/speaker-diarization-3.1"; needs pyannote.audio."""
+
+    def for_recording(self, catalogue_speakers: list[str] | None) -> DiarizeOptions:
+        """These options for one recording: the number of its catalogue's speakers (when
+        listed) is the number to find, unless num_speakers says otherwise."""
+        if self.num_speakers or not catalogue_speakers:
+            return self
+        return replace(self, num_speakers=len(catalogue_speakers))
 
 
 @dataclass(frozen=True)
@@ -682,16 +690,9 @@ def _diarize_pyannote(source, opts: DiarizeOptions) -> list[Turn]:
 
 
 def write_rttm(turns: Iterable[Turn], uri: str, path: str | os.PathLike) -> None:
-    """Write turns as RTTM (`SPEAKER uri 1 onset duration <NA> <NA> speaker <NA> <NA>`),
-    atomically: the file appears whole or not at all."""
-    uri = uri.replace(" ", "_") or "recording"
+    """Write turns as RTTM, atomically: the file appears whole or not at all."""
     with atomic_output(path) as f:
-        for t in turns:
-            speaker = t.speaker.replace(" ", "_")
-            f.write(
-                f"SPEAKER {uri} 1 {t.start:.3f} {t.end - t.start:.3f} <NA> <NA> {speaker} "
-                "<NA> <NA>\n"
-            )
+        f.write(format_rttm(uri, ((t.speaker, t.start, t.end) for t in turns)))
 
 
 def read_rttm(path: str | os.PathLike) -> dict[str, list[Turn]]:
@@ -785,9 +786,8 @@ def diarize_recordings(
                 result.speakers += entry.get("speakers", 0)
                 bar.update(rec.duration / 3600)
                 continue
-            count = opts.num_speakers or (len(rec.speakers) if rec.speakers else None)
             try:
-                turns = diarize(rec.path, replace(opts, num_speakers=count))
+                turns = diarize(rec.path, opts.for_recording(rec.speakers))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_rttm(turns, path.name[: -len(".rttm")], path)
             except audio.AudioError as e:

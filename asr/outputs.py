@@ -261,7 +261,6 @@ def write_rttm(transcript: Transcript, path: str | Path) -> None:
     uri = transcript.recording_id
     if Path(uri).suffix.lower() in MEDIA_EXTENSIONS:  # as diarization tools name a recording
         uri = uri[: -len(Path(uri).suffix)]
-    uri = re.sub(r"\s+", "_", uri) or "recording"
     turns: list[list] = []  # [speaker, start ms, end ms]
     for seg in sorted(transcript.segments, key=lambda s: s.start):
         if seg.speaker is None or not _clean(seg.text):
@@ -271,13 +270,20 @@ def write_rttm(transcript: Transcript, path: str | Path) -> None:
             turns[-1][2] = max(turns[-1][2], end)
         else:
             turns.append([seg.speaker, start, end])
-    rows = [
-        f"SPEAKER {uri} 1 {a / 1000:.3f} {(b - a) / 1000:.3f} <NA> <NA> {_token(who)} <NA> <NA>\n"
-        for who, a, b in turns
-        if b > a
-    ]
     with atomic_output(path) as f:
-        f.write("".join(rows))
+        f.write(format_rttm(uri, ((who, a / 1000, b / 1000) for who, a, b in turns)))
+
+
+def format_rttm(uri: str, turns: Iterable[tuple[str, float, float]]) -> str:
+    """RTTM SPEAKER lines (`SPEAKER uri 1 onset duration <NA> <NA> speaker <NA> <NA>`) of
+    (speaker, start, end) turns in seconds; empty turns left out; whitespace in the uri and the
+    labels becomes underscores (a field holds none)."""
+    uri = _token(uri) or "recording"
+    return "".join(
+        f"SPEAKER {uri} 1 {a:.3f} {b - a:.3f} <NA> <NA> {_token(who)} <NA> <NA>\n"
+        for who, a, b in turns
+        if round(b - a, 3) > 0
+    )
 
 
 # --- TEI ---------------------------------------------------------------------------------------

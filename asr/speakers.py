@@ -10,6 +10,7 @@ appearance, or with names given in that order (a catalogue's `speakers` column).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Protocol
@@ -36,30 +37,71 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
     return max(0.0, min(a1, b1) - max(a0, b0))
 
 
-def speaker_at(turns: Sequence[TurnLike], start: float, end: float) -> str | None:
+class Turns:
+    """Turns sorted by start, indexed so that the turns near a moment are found by bisection:
+    looking up every word of an hour's transcript stays linear, not words x turns."""
+
+    def __init__(self, turns: Iterable[TurnLike]):
+        self.turns = sorted(turns, key=lambda t: (t.start, t.end, t.speaker))
+        self.starts = [t.start for t in self.turns]
+        self.longest = max((t.end - t.start for t in self.turns), default=0.0)
+        # latest[i]: the turn ending last among turns[: i + 1]
+        self.latest: list[TurnLike] = []
+        for t in self.turns:
+            last = self.latest[-1] if self.latest else None
+            self.latest.append(t if last is None or t.end > last.end else last)
+
+    def __bool__(self) -> bool:
+        return bool(self.turns)
+
+    def overlapping(self, start: float, end: float) -> list[TurnLike]:
+        """The turns that overlap [start, end] (by a positive length)."""
+        lo = bisect.bisect_left(self.starts, start - self.longest)
+        hi = bisect.bisect_left(self.starts, end)
+        return [t for t in self.turns[lo:hi] if _overlap(start, end, t.start, t.end) > 0]
+
+    def nearest(self, moment: float) -> TurnLike:
+        """The turn with an edge nearest to moment (ties: the speaker label first); a turn
+        holding moment is at distance 0."""
+        i = bisect.bisect_right(self.starts, moment)
+        candidates = []
+        if i > 0:
+            candidates.append(self.latest[i - 1])  # started before: the one reaching furthest
+        if i < len(self.turns):
+            candidates += [t for t in self.turns[i:] if t.start == self.turns[i].start]
+
+        def distance(t: TurnLike) -> float:
+            return (
+                0.0
+                if t.start <= moment <= t.end
+                else min(abs(moment - t.start), abs(moment - t.end))
+            )
+
+        return min(candidates, key=lambda t: (distance(t), t.speaker))
+
+
+def speaker_at(turns: Sequence[TurnLike] | Turns, start: float, end: float) -> str | None:
     """The speaker whose turns overlap [start, end] most; else the nearest turn's; None when
     there are no turns."""
-    if not turns:
+    index = turns if isinstance(turns, Turns) else Turns(turns)
+    if not index:
         return None
     share: dict[str, float] = {}
     since: dict[str, float] = {}
-    for t in turns:
-        o = _overlap(start, end, t.start, t.end)
-        if o > 0:
-            share[t.speaker] = share.get(t.speaker, 0.0) + o
-            since[t.speaker] = min(since.get(t.speaker, t.start), t.start)
+    for t in index.overlapping(start, end):
+        share[t.speaker] = share.get(t.speaker, 0.0) + _overlap(start, end, t.start, t.end)
+        since[t.speaker] = min(since.get(t.speaker, t.start), t.start)
     if share:  # a tie goes to the speaker already talking (whose turn began first)
         return max(share, key=lambda s: (round(share[s], 6), -since[s], s))
-    mid = (start + end) / 2
-    nearest = min(turns, key=lambda t: (min(abs(mid - t.start), abs(mid - t.end)), t.speaker))
-    return nearest.speaker
+    return index.nearest((start + end) / 2).speaker
 
 
-def _overlapped(turns: Sequence[TurnLike], speaker: str | None, start: float, end: float) -> bool:
+def _overlapped(turns: Turns, speaker: str | None, start: float, end: float) -> bool:
     """Whether another speaker's turn runs during most of [start, end] (overlapped speech)."""
     length = max(end - start, 1e-3)
     return any(
-        t.speaker != speaker and _overlap(start, end, t.start, t.end) >= 0.5 * length for t in turns
+        t.speaker != speaker and _overlap(start, end, t.start, t.end) >= 0.5 * length
+        for t in turns.overlapping(start, end)
     )
 
 
@@ -68,7 +110,7 @@ def assign_speakers(
 ) -> Transcript:
     """A copy of transcript with speakers on every word and segment; segments split at every
     change of speaker; `overlap` set where another speaker talks at the same time."""
-    turns = sorted(turns, key=lambda t: (t.start, t.end, t.speaker))
+    turns = Turns(turns)
     pieces: list[tuple[TranscriptSegment, str | None, list[Word], bool]] = []
     for seg in transcript.segments:
         words = [
@@ -117,17 +159,18 @@ def cut_at_turns(
     A cut goes at a turn's edge inside the span where the speaker of the second before it
     differs from the speaker of the second after it; a piece shorter than min_duration stays
     with its neighbour, so no piece too short to keep is made."""
+    index = Turns(turns)
+    edges = sorted({t.start for t in index.turns} | {t.end for t in index.turns})
     out: list[tuple[float, float, str | None]] = []
     for start, end in spans:
-        edges = sorted({t.start for t in turns} | {t.end for t in turns})
         cuts = [start]
-        for t in edges:
+        for t in edges[bisect.bisect_left(edges, start) : bisect.bisect_right(edges, end)]:
             if cuts[-1] + min_duration <= t <= end - min_duration:
-                before = speaker_at(turns, max(cuts[-1], t - 1.0), t)
-                after = speaker_at(turns, t, min(end, t + 1.0))
+                before = speaker_at(index, max(cuts[-1], t - 1.0), t)
+                after = speaker_at(index, t, min(end, t + 1.0))
                 if before != after:
                     cuts.append(t)
         cuts.append(end)
         for a, b in zip(cuts, cuts[1:]):
-            out.append((round(a, 3), round(b, 3), speaker_at(turns, a, b)))
+            out.append((round(a, 3), round(b, 3), speaker_at(index, a, b)))
     return out

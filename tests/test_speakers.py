@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 
 import srt
@@ -10,7 +11,7 @@ import webvtt
 from lxml import etree
 
 from asr.outputs import Transcript, TranscriptSegment, Word, write_outputs
-from asr.speakers import assign_speakers, speaker_at
+from asr.speakers import Turns, assign_speakers, speaker_at
 
 TEI = "{http://www.tei-c.org/ns/1.0}"
 XML_ID = "{http://www.w3.org/XML/1998/namespace}id"
@@ -56,6 +57,44 @@ def test_words_take_the_speaker_whose_turn_covers_them_most():
     assert speaker_at(TURNS, 1.92, 1.98) == "spk2"  # in no turn: the nearest one
     assert speaker_at(TURNS, 1.82, 1.88) == "spk7"
     assert speaker_at([], 0, 1) is None
+
+
+def _speaker_by_scanning(turns, start, end):
+    """speaker_at's rule read plainly, every turn looked at: what the bisecting index must give."""
+    share, since = {}, {}
+    for t in turns:
+        o = max(0.0, min(end, t.end) - max(start, t.start))
+        if o > 0:
+            share[t.speaker] = share.get(t.speaker, 0.0) + o
+            since[t.speaker] = min(since.get(t.speaker, t.start), t.start)
+    if share:
+        return max(share, key=lambda s: (round(share[s], 6), -since[s], s))
+    mid = (start + end) / 2
+
+    def distance(t):
+        return 0.0 if t.start <= mid <= t.end else min(abs(mid - t.start), abs(mid - t.end))
+
+    return min(turns, key=lambda t: (distance(t), t.speaker)).speaker
+
+
+def test_speaker_lookup_by_bisection_equals_scanning_every_turn():
+    rng = random.Random(13)
+    for _ in range(200):
+        turns, t = [], 0.0
+        for _ in range(rng.randint(1, 30)):  # turns with gaps, overlaps and one long turn
+            t += rng.uniform(-1.0, 3.0)
+            turns.append(
+                Turn(
+                    round(max(0.0, t), 2),
+                    round(max(0.0, t) + rng.uniform(0.1, 8), 2),
+                    rng.choice("abc"),
+                )
+            )
+        index = Turns(turns)
+        for _ in range(30):
+            a = rng.uniform(-2, t + 10)
+            b = a + rng.uniform(0.001, 2)
+            assert speaker_at(index, a, b) == _speaker_by_scanning(turns, a, b), (turns, a, b)
 
 
 def test_segments_are_cut_where_the_speaker_changes_and_labelled_by_first_appearance():

@@ -496,13 +496,12 @@ def speaker_turns(job: Job, opts: TranscribeOptions) -> list:
     --num-speakers does; one torch thread, beside the model's."""
     from asr.diarize import DiarizeOptions, diarize
 
-    catalogue = job.metadata.get("speakers") or []
     dopts = DiarizeOptions(
-        num_speakers=opts.num_speakers or (len(catalogue) if catalogue else None),
+        num_speakers=opts.num_speakers,
         min_speakers=opts.min_speakers or 1,
         max_speakers=opts.max_speakers,
         device=opts.device,
         threads=1 if opts.device == "cpu" else None,
         pipeline=opts.diarize_pipeline,
     )
-    return diarize(job.path, dopts)
+    return diarize(job.path, dopts.for_recording(job.metadata.get("speakers")))
