@@ -33,7 +33,7 @@ import sys
 import threading
 import types
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
@@ -280,7 +280,10 @@ class _Trunk:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic
-            traced = torch.jit.trace(Trunk(self.model).eval(), (feats,), check_trace=False)
+            # traced on one chunk (tracing runs the model slowly: 8 chunks took 3.7 s); the
+            # graph takes any batch size
+            example = feats[:1]
+            traced = torch.jit.trace(Trunk(self.model).eval(), (example,), check_trace=False)
             return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
 
 
@@ -321,11 +324,16 @@ class _Windows:
     duration: float
 
 
-def _analyse(source, opts: DiarizeOptions) -> _Windows:
+def _analyse(source, opts: DiarizeOptions, threads_now: Callable[[], int] | None) -> _Windows:
     import torch
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
+
+    def adapt_threads() -> None:
+        if threads_now is not None and (n := threads_now()) != torch.get_num_threads():
+            torch.set_num_threads(n)  # this thread's own count (OpenMP's is per thread)
+
     seg, mapping, frame_step, _, n_frames = _segmentation_model(opts.device)
     emb, trunk = _embedding_trunk(opts.device)
     win = int(WINDOW * SR)
@@ -358,6 +366,7 @@ def _analyse(source, opts: DiarizeOptions) -> _Windows:
         nonlocal buf, buf0
         if not window_ids:
             return
+        adapt_threads()
         x = []
         for j in window_ids:
             a = buf[j * hop - buf0 : j * hop + win - buf0]
@@ -641,16 +650,24 @@ def mark_overlaps(turns: Iterable[Turn]) -> list[Turn]:
 # --- entry points -----------------------------------------------------------------------------
 
 
-def diarize(source: str | os.PathLike | np.ndarray, opts: DiarizeOptions | None = None) -> list:
+def diarize(
+    source: str | os.PathLike | np.ndarray,
+    opts: DiarizeOptions | None = None,
+    threads_now: Callable[[], int] | None = None,
+) -> list:
     """Who spoke when in a recording (a path to any media file, or 16 kHz mono float32 samples):
     turns sorted by start; speakers named SPEAKER_00, SPEAKER_01, ... in order of appearance;
-    turns of different speakers may overlap (Turn.overlap marks them)."""
+    turns of different speakers may overlap (Turn.overlap marks them).
+
+    threads_now, when given, is asked before each batch how many torch threads to use from then
+    on (`asr transcribe --diarize` gives one while its model decodes, all cores once it is
+    idle)."""
     opts = opts or DiarizeOptions()
     if opts.num_speakers is not None and opts.num_speakers < 1:
         raise ValueError("num_speakers must be at least 1")
     if opts.pipeline:
         return _diarize_pyannote(source, opts)
-    windows = _analyse(source, opts)
+    windows = _analyse(source, opts, threads_now)
     if not len(windows.starts):
         return []
     labels = _cluster(windows, opts)

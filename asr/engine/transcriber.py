@@ -11,10 +11,11 @@ When a recording's last chunk is back its results are stitched into a Transcript
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -116,6 +117,7 @@ class Transcriber:
         self._inflight: list[_Batch] = []
         self._ready: list[tuple[_Model, Window]] = []
         self._diarizer: ThreadPoolExecutor | None = None  # with --diarize, during run()
+        self._model_idle = threading.Event()  # set once nothing is left for the model
         if opts.diarize:
             from asr.diarize import check_installed
 
@@ -205,6 +207,7 @@ class Transcriber:
         self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="asr-model")
         if opts.diarize:  # one recording at a time, beside the model (torch frees the GIL)
             self._diarizer = ThreadPoolExecutor(1, thread_name_prefix="asr-diarize")
+            self._model_idle.clear()
         try:
             while exited < n_workers or self._ready or self._inflight or _diarizing(pending):
                 msg = None
@@ -221,7 +224,8 @@ class Transcriber:
                     if exited >= n_workers and not self._ready:
                         yield from self._collect(pending, block=True)
                     if exited >= n_workers and not self._ready and not self._inflight:
-                        # only speaker turns left to wait for
+                        # only speaker turns left to wait for: diarization takes every core
+                        self._model_idle.set()
                         wait(_diarizing(pending), timeout=1.0, return_when=FIRST_COMPLETED)
                         yield from self._finish_ready(pending)
                     continue
@@ -243,7 +247,9 @@ class Transcriber:
                         by_key[key], time.perf_counter(), model, lang, detected=lang is None
                     )
                     if self._diarizer is not None:
-                        pend.speakers = self._diarizer.submit(speaker_turns, pend.job, opts)
+                        pend.speakers = self._diarizer.submit(
+                            speaker_turns, pend.job, opts, self._diarize_threads
+                        )
                 elif kind == "chunk":
                     _, _, idx, start, audio, lead = msg
                     pend.starts[idx], pend.leads[idx] = start, lead
@@ -287,6 +293,11 @@ class Transcriber:
             self._ready.clear()
             for p in procs:
                 p.join(timeout=10)
+
+    def _diarize_threads(self) -> int:
+        """torch threads for diarization: one beside the model (more would slow both: 2.5x
+        with two on 2 cores), every core once the model has nothing left to decode."""
+        return _cores() if self._model_idle.is_set() else 1
 
     def _decide_language(self, pend: _Pending) -> str | None:
         """Detect the recording's language from the speech heard so far (up to 30 s, from
@@ -486,14 +497,18 @@ def load_engine(
     )
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _diarizing(pending: dict[str, _Pending]) -> list[Future]:
     """The speaker turns still being found for recordings in flight."""
     return [p.speakers for p in pending.values() if p.speakers and not p.speakers.done()]
 
 
-def speaker_turns(job: Job, opts: TranscribeOptions) -> list:
+def speaker_turns(job: Job, opts: TranscribeOptions, threads: Callable[[], int]) -> list:
     """Who spoke when in a job's recording: the catalogue's speakers give their number unless
-    --num-speakers does; one torch thread, beside the model's."""
+    --num-speakers does; threads() torch threads (asked as it goes)."""
     from asr.diarize import DiarizeOptions, diarize
 
     dopts = DiarizeOptions(
@@ -501,7 +516,8 @@ def speaker_turns(job: Job, opts: TranscribeOptions) -> list:
         min_speakers=opts.min_speakers or 1,
         max_speakers=opts.max_speakers,
         device=opts.device,
-        threads=1 if opts.device == "cpu" else None,
+        threads=threads() if opts.device == "cpu" else None,
         pipeline=opts.diarize_pipeline,
     )
-    return diarize(job.path, dopts.for_recording(job.metadata.get("speakers")))
+    dopts = dopts.for_recording(job.metadata.get("speakers"))
+    return diarize(job.path, dopts, threads if opts.device == "cpu" else None)
