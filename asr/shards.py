@@ -64,8 +64,10 @@ class ShardOptions:
     split_by: str = field(
         default="recording",
         metadata={
-            "choices": ("recording", "speaker"),
-            "help": "what may not appear in two splits",
+            "choices": ("recording", "speaker", "time"),
+            "help": "what may not appear in two splits; time: every recording in all three, "
+            "cut in time (its first part train, then dev, its last part test: the same voices, "
+            "unheard sentences, to measure adapting a model to a collection)",
         },
     )
     seed: int = field(default=0, metadata={"help": "seed of the split assignment"})
@@ -115,7 +117,19 @@ def assign_splits(
     A group (a recording, or a speaker with --split-by speaker) goes to test when a hash of the
     seed and its name falls below test_fraction, to dev below test+dev, else to train. Small
     corpora where the hash leaves dev or test empty get the lowest-hashing groups there.
+    With --split-by time, a segment's split is where its middle lies in its recording: the
+    last test_fraction of the recording's time is test, the dev_fraction before it dev.
     """
+    if opts.split_by == "time":
+        for s in segments:
+            if s.split is None:
+                rec = recordings.get(s.recording_id)
+                length = rec.duration if rec and rec.duration > 0 else s.end
+                at = (s.start + s.end) / 2 / max(length, 1e-9)
+                test_from = 1 - opts.test_fraction
+                dev_from = test_from - opts.dev_fraction
+                s.split = "test" if at >= test_from else "dev" if at >= dev_from else "train"
+        return
 
     def group(s: Segment) -> str:
         if opts.split_by == "speaker":

@@ -40,9 +40,8 @@ def shards(sample_manifests, tmp_path_factory) -> Path:
 
 
 def _all_samples(shard_dir: Path) -> list[tuple[np.ndarray, dict]]:
-    return [
-        x for split in ("train", "dev", "test") for x in read_shards(shard_paths(shard_dir, split))
-    ]
+    paths = [shard_paths(shard_dir, split) for split in ("train", "dev", "test")]
+    return [x for p in paths if p for x in read_shards(p)]
 
 
 def test_shards_read_back_with_webdataset_and_tar(shards, sample_manifests):
@@ -113,6 +112,37 @@ def test_split_by_speaker(sample_manifests, tmp_path):
     for _, meta in _all_samples(tmp_path / "s"):
         split_of.setdefault(meta["speaker"], set()).add(meta["split"])
     assert all(len(v) == 1 for v in split_of.values()) and len(split_of) == 3
+
+
+def test_split_by_time_holds_out_the_end_of_each_recording(sample_manifests, tmp_path):
+    """--split-by time: every recording in train and test, its train before dev before test."""
+    recs = {r.id: r for r in read_recordings(sample_manifests / "recordings.jsonl")}
+    policy = RightsPolicy.load()
+    lines = []  # each trainable recording of 4 s or more cut into 1 s segments
+    for r in recs.values():
+        if r.duration >= 4 and policy.allows(r.rights, "train"):
+            for k in range(int(r.duration)):
+                seg = {"id": f"{r.id}_{k}", "recording_id": r.id, "start": k, "end": k + 1}
+                lines.append(json.dumps({**seg, "text": f"part {k}"}))
+    segs = tmp_path / "segments.jsonl"
+    segs.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "s"
+    opts = _opts(recordings=sample_manifests / "recordings.jsonl", split_by="time")
+    opts.dev_fraction, opts.test_fraction = 0.1, 0.3
+    shard(segs, out, opts)
+    spans: dict[str, dict[str, list]] = {}
+    for _, meta in _all_samples(out):
+        spans.setdefault(meta["recording_id"], {}).setdefault(meta["split"], []).append(
+            (meta["start"], meta["end"])
+        )
+    assert len(spans) >= 3
+    for rid, by_split in spans.items():
+        assert {"train", "test"} <= set(by_split), (rid, by_split)
+        order = [by_split[k] for k in ("train", "dev", "test") if k in by_split]
+        for before, after in zip(order, order[1:]):
+            assert max(e for _, e in before) <= min(s for s, _ in after), (rid, by_split)
+        held_out = sum(e - s for s, e in by_split["test"])
+        assert 0.2 * recs[rid].duration <= held_out <= 0.4 * recs[rid].duration + 1
 
 
 def test_only_training_rights_are_written(shards, sample_manifests):
