@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from asr.cli import main as cli
 from asr.engine.ctc import ctc_words
@@ -103,6 +105,32 @@ def test_whisper_resume_continues_with_the_same_batches(whisper_run, train_shard
     later = [k for k in a if k[1] > 10]
     assert len(later) == 40
     assert [b[k] for k in later] == [a[k] for k in later]
+
+
+def test_a_resumed_run_ends_with_the_best_weights_its_checkpoint_knew(whisper_run, tmp_path):
+    """best/ is part of each checkpoint: weights an evaluation wrote after the checkpoint (lost
+    with the run that wrote them) never become a resumed run's final model."""
+    from safetensors.torch import load_file
+
+    straight, _ = whisper_run
+    run = tmp_path / "run"
+    shutil.copytree(straight, run, symlinks=True)
+    ckpt = run / "checkpoints/step-0000020"
+    assert json.loads((ckpt / "state.json").read_text())["state"]["best_step"] == 15
+    kept = load_file(ckpt / "best.safetensors")
+    later = run / "checkpoints/step-0000030/model.safetensors"
+    shutil.copyfile(later, run / "best/model.safetensors")  # what a later evaluation left
+    planted = load_file(later)
+    shutil.rmtree(run / "checkpoints/step-0000030")
+    shutil.rmtree(run / "final")
+    shards = Path(json.loads((straight / "final/archive_asr.json").read_text())["shards"])
+    recipe = load_recipe(WHISPER, ["optim.max_steps=20"])  # resume at 20, nothing left to run
+    result = train(recipe, shards, run, TrainOptions(progress=False))
+    assert result.resumed_from == 20 and result.final == run / "final"
+    final = load_file(run / "final/model.safetensors")
+    assert any(not torch.equal(kept[k], planted[k]) for k in kept)
+    for name, tensor in kept.items():
+        assert torch.equal(final[name], tensor), name
 
 
 def _dev_samples(shards: Path) -> int:

@@ -72,9 +72,14 @@ class WhisperTask:
             WhisperProcessor,
         )
 
+        from asr.train.from_ctranslate2 import is_ctranslate2_whisper, load_whisper
+
         m = recipe.model
         overrides = {**m.config, **_augment_config(recipe)}
-        if m.init == "pretrained":
+        if m.init == "pretrained" and m.name and is_ctranslate2_whisper(m.name):
+            # a CTranslate2 folder (what asr transcribe runs): the model rebuilt from it
+            model, processor = load_whisper(m.name, overrides=overrides)
+        elif m.init == "pretrained":
             processor = WhisperProcessor.from_pretrained(m.tokenizer or m.name)
             model = WhisperForConditionalGeneration.from_pretrained(m.name, **overrides)
         else:
@@ -160,9 +165,11 @@ class WhisperTask:
 
 def whisper_prompt(tok, language: str | None, task: str = "transcribe") -> list[int]:
     """Start of transcript, language and task (multilingual models), no timestamps."""
+    from asr.train.from_ctranslate2 import is_multilingual
+
     ids = tok.convert_tokens_to_ids
     prompt = [ids("<|startoftranscript|>")]
-    if ids("<|de|>") not in (None, tok.unk_token_id):  # a multilingual tokenizer
+    if is_multilingual(tok):
         lang_id = ids(f"<|{language or 'en'}|>")
         if lang_id in (None, tok.unk_token_id):
             raise ValueError(f"language '{language}' unknown to the Whisper tokenizer")

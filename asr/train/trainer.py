@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 FINAL_INFO = "archive_asr.json"
+BEST_IN_CHECKPOINT = "best.safetensors"
+"""In a checkpoint: RUN_DIR/best/model.safetensors as it was when the checkpoint was saved."""
 
 
 @dataclass
@@ -138,6 +140,7 @@ def train(
     if ckpt is not None:
         state = _load_checkpoint(ckpt, optimizer, scheduler, acc, state)
         if main:
+            _restore_best(ckpt, run_dir, state)
             log.info("resuming from %s (step %d)", ckpt, state.step)
     resumed_from = state.step
 
@@ -374,11 +377,38 @@ def _save_checkpoint(acc, model, optimizer, scheduler, state: _State, run_dir: P
             "state": state.__dict__,
         }
         (tmp / "state.json").write_text(json.dumps(extra, default=_jsonable), encoding="utf-8")
+        best = run_dir / "best" / "model.safetensors"
+        if state.best_step is not None and best.is_file():
+            _link_or_copy(best, tmp / BEST_IN_CHECKPOINT)
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         for old in _checkpoints(run_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """dst the same file as src: a hard link (no space: best/ is replaced by renaming, never
+    written in place), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _restore_best(ckpt: Path, run_dir: Path, state: _State) -> None:
+    """RUN_DIR/best as the checkpoint knew it: an evaluation after the checkpoint (lost with
+    the run that made it) may have replaced best/ with weights the resumed state never saw."""
+    kept = ckpt / BEST_IN_CHECKPOINT
+    if state.best_step is not None and kept.is_file():
+        tmp = run_dir / ".best.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _link_or_copy(kept, tmp / "model.safetensors")
+        shutil.rmtree(run_dir / "best", ignore_errors=True)
+        tmp.rename(run_dir / "best")
+    elif state.best_step is None:
+        shutil.rmtree(run_dir / "best", ignore_errors=True)
 
 
 def _load_checkpoint(ckpt: Path, optimizer, scheduler, acc, state: _State) -> _State:
