@@ -60,7 +60,9 @@ def test_rebuilt_model_has_every_weight_of_the_converted_one(tmp_path):
         if name.endswith("k_proj.bias"):
             continue
         assert torch.equal(got[name], tensor), name
-    assert rebuilt.proj_out.weight.data_ptr() == rebuilt.model.decoder.embed_tokens.weight.data_ptr()
+    assert (
+        rebuilt.proj_out.weight.data_ptr() == rebuilt.model.decoder.embed_tokens.weight.data_ptr()
+    )
     assert processor.feature_extractor.feature_size == 80
 
     int8 = tmp_path / "int8"
@@ -129,3 +131,26 @@ def test_rebuilt_whisper_decodes_as_ctranslate2_does(name, clips, realspeech):
             worst_logit = max(worst_logit, float(np.abs(ours[kept] - theirs[kept]).max()))
     print(f"{name}: largest difference: encoder output {worst_enc:.2e}, logit {worst_logit:.2e}")
     assert worst_enc < 1e-2 and worst_logit < 1e-2
+
+
+def test_the_cpu_fine_tuning_recipe_starts_from_the_offline_base_model(tmp_path):
+    """recipes/whisper-finetune-cpu.yaml: model.name offline:base is the CTranslate2 folder
+    asr transcribe runs, rebuilt with its weights, the encoder frozen, multilingual prompts."""
+    from pathlib import Path
+
+    from asr.train.recipe import load_recipe
+    from asr.train.tasks import WhisperTask
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes/whisper-finetune-cpu.yaml")
+    assert recipe.model.name == "offline:base"
+    task = WhisperTask.build(recipe, tmp_path, tmp_path, main=True)
+    base = read_model_bin(resolve_model("base").path / "model.bin")
+    assert task.model.config.encoder_layers == 6 and task.model.generation_config.is_multilingual
+    assert torch.equal(
+        task.model.model.decoder.embed_tokens.weight,
+        torch.from_numpy(base.get("decoder/embeddings/weight").astype(np.float32)),
+    )
+    assert not any(p.requires_grad for p in task.model.model.encoder.parameters())  # frozen
+    assert task.prompt("de")[:3] == task.tok.convert_tokens_to_ids(
+        ["<|startoftranscript|>", "<|de|>", "<|transcribe|>"]
+    )

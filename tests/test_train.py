@@ -76,6 +76,8 @@ def test_whisper_trains_and_evaluates(whisper_run):
     assert [e["step"] for e in evals] == [15, 30]
     assert all(e["dev_samples"] > 0 and e["dev_wer"] >= 0 for e in evals)
     assert result.best_wer == pytest.approx(min(e["dev_wer"] for e in evals), abs=1e-6)
+    # of equal dev WERs (a small dev set), the lower dev loss
+    assert result.best_step == min(evals, key=lambda e: (e["dev_wer"], e["dev_loss"]))["step"]
     for name in ("model.safetensors", "config.json", "tokenizer.json", "archive_asr.json"):
         assert (run / "final" / name).is_file(), name
     _no_pickles(run / "checkpoints")

@@ -115,7 +115,8 @@ class TrainSpec:
     """Stop after this many evaluations without a better dev WER (0: never)."""
     log_every: int = 25
     final: Literal["best", "last"] = "best"
-    """What RUN_DIR/final holds: best (lowest dev WER) or last weights."""
+    """What RUN_DIR/final holds: best (lowest dev WER; of equal WERs, the lowest dev loss) or
+    last weights."""
     eval_batch_size: int = 16
     eval_max_new_tokens: int = 128
     cpu: bool = False

@@ -22,6 +22,8 @@ from asr.train.recipe import OFFLINE_WHISPER_TOKENIZER, Recipe
 log = logging.getLogger(__name__)
 
 PAD_LABEL = -100
+OFFLINE_MODEL = "offline:"
+"""model.name offline:base or offline:tiny.en: the offline model `asr transcribe` runs."""
 
 
 def _augment_config(recipe: Recipe) -> dict:
@@ -76,7 +78,13 @@ class WhisperTask:
 
         m = recipe.model
         overrides = {**m.config, **_augment_config(recipe)}
-        if m.init == "pretrained" and m.name and is_ctranslate2_whisper(m.name):
+        if m.init == "pretrained" and m.name and m.name.startswith(OFFLINE_MODEL):
+            # an offline model of asr transcribe (offline:base, offline:tiny.en): its folder
+            from asr.models import resolve_model
+
+            folder = resolve_model(m.name[len(OFFLINE_MODEL) :]).path
+            model, processor = load_whisper(folder, overrides=overrides)
+        elif m.init == "pretrained" and m.name and is_ctranslate2_whisper(m.name):
             # a CTranslate2 folder (what asr transcribe runs): the model rebuilt from it
             model, processor = load_whisper(m.name, overrides=overrides)
         elif m.init == "pretrained":

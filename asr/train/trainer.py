@@ -62,6 +62,7 @@ class _State:
     data_position: int = 0  # index of the next batch of this process's stream
     best_wer: float | None = None
     best_step: int | None = None
+    best_loss: float | None = None  # the dev loss at best_step: it breaks ties of dev WER
     bad_evals: int = 0
     world_size: int = 1
     num_workers: int = 0
@@ -269,8 +270,16 @@ def _evaluate(acc, task, model, recipe, dev_urls, run_dir, state, result) -> boo
             "eval_seconds": round(time.perf_counter() - t0, 2),
             "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:3]],
         }
-        if state.best_wer is None or wer < state.best_wer:
+        loss = record["dev_loss"]
+        # a tie of dev WER (common on a small dev set) goes to the lower dev loss
+        tie = state.best_wer is not None and wer == state.best_wer
+        if (
+            state.best_wer is None
+            or wer < state.best_wer
+            or (tie and state.best_loss is not None and loss < state.best_loss)
+        ):
             state.best_wer, state.best_step, state.bad_evals = wer, state.step, 0
+            state.best_loss = loss
             _save_weights(acc.unwrap_model(model), run_dir / "best")
         else:
             state.bad_evals += 1
@@ -292,7 +301,11 @@ def _evaluate(acc, task, model, recipe, dev_urls, run_dir, state, result) -> boo
             stop += 1
     stop = acc.reduce(stop, reduction="sum")
     best = torch.tensor(
-        [state.best_wer if state.best_wer is not None else -1.0, state.best_step or 0],
+        [
+            state.best_wer if state.best_wer is not None else -1.0,
+            state.best_step or 0,
+            state.best_loss if state.best_loss is not None else -1.0,
+        ],
         device=acc.device,
         dtype=torch.float64,
     )
@@ -302,6 +315,7 @@ def _evaluate(acc, task, model, recipe, dev_urls, run_dir, state, result) -> boo
         best = broadcast(best)
         state.best_wer = None if best[0] < 0 else float(best[0])
         state.best_step = int(best[1]) or None
+        state.best_loss = None if best[2] < 0 else float(best[2])
     result.stopped_early = bool(stop.item())
     return result.stopped_early
 
