@@ -134,6 +134,8 @@ def main() -> None:
     log.info("samples %s, seconds %s", dict(result.samples), dict(result.seconds))
     if not (result.samples["train"] and result.samples["test"]):
         sys.exit(f"nothing to train or test on: see {out}/manifests/errors.jsonl")
+    if not result.samples["dev"]:
+        sys.exit("no dev segment: the recordings are too short for --dev-fraction; raise it")
 
     db = out / "bench.sqlite"
     stage("bench before")
