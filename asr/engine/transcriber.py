@@ -511,13 +511,13 @@ def speaker_turns(job: Job, opts: TranscribeOptions, threads: Callable[[], int])
     --num-speakers does; threads() torch threads (asked as it goes)."""
     from asr.diarize import DiarizeOptions, diarize
 
+    threads_now = threads if opts.device == "cpu" else None
     dopts = DiarizeOptions(
         num_speakers=opts.num_speakers,
         min_speakers=opts.min_speakers or 1,
         max_speakers=opts.max_speakers,
         device=opts.device,
-        threads=threads() if opts.device == "cpu" else None,
+        threads=threads_now() if threads_now else None,
         pipeline=opts.diarize_pipeline,
     )
-    dopts = dopts.for_recording(job.metadata.get("speakers"))
-    return diarize(job.path, dopts, threads if opts.device == "cpu" else None)
+    return diarize(job.path, dopts.for_recording(job.metadata.get("speakers")), threads_now)

@@ -96,16 +96,6 @@ def read_model_bin(path: str | Path) -> ModelBin:
     return ModelBin(spec, revision, variables, types, aliases)
 
 
-def is_ctranslate2_whisper(path: str | Path) -> bool:
-    """Whether path is a folder holding a CTranslate2 Whisper model."""
-    p = Path(path)
-    if not (p / "model.bin").is_file():
-        return False
-    with open(p / "model.bin", "rb") as f:
-        head = f.read(64)
-    return b"WhisperSpec" in head
-
-
 def is_multilingual(tok) -> bool:
     """Whether a Whisper tokenizer is the multilingual one: English-only Whisper keeps GPT-2's
     vocabulary, whose <|endoftext|> is 50256; the multilingual one has a token more before it

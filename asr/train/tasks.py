@@ -74,19 +74,13 @@ class WhisperTask:
             WhisperProcessor,
         )
 
-        from asr.train.from_ctranslate2 import is_ctranslate2_whisper, load_whisper
+        from asr.train.from_ctranslate2 import load_whisper
 
         m = recipe.model
         overrides = {**m.config, **_augment_config(recipe)}
-        if m.init == "pretrained" and m.name and m.name.startswith(OFFLINE_MODEL):
-            # an offline model of asr transcribe (offline:base, offline:tiny.en): its folder
-            from asr.models import resolve_model
-
-            folder = resolve_model(m.name[len(OFFLINE_MODEL) :]).path
-            model, processor = load_whisper(folder, overrides=overrides)
-        elif m.init == "pretrained" and m.name and is_ctranslate2_whisper(m.name):
-            # a CTranslate2 folder (what asr transcribe runs): the model rebuilt from it
-            model, processor = load_whisper(m.name, overrides=overrides)
+        ct2 = _ctranslate2_folder(m.name) if m.init == "pretrained" and m.name else None
+        if ct2 is not None:  # what asr transcribe runs: the model rebuilt from it
+            model, processor = load_whisper(ct2, overrides=overrides)
         elif m.init == "pretrained":
             processor = WhisperProcessor.from_pretrained(m.tokenizer or m.name)
             model = WhisperForConditionalGeneration.from_pretrained(m.name, **overrides)
@@ -169,6 +163,22 @@ class WhisperTask:
     def save(self, model, out: Path) -> None:
         model.save_pretrained(out, safe_serialization=True)
         self.processor.save_pretrained(out)
+
+
+def _ctranslate2_folder(name: str) -> Path | None:
+    """The CTranslate2 Whisper folder a model.name means (offline:base, offline:tiny.en, or a
+    folder holding model.bin), found as asr transcribe finds it; None for anything else."""
+    from asr.models import resolve_model
+
+    if name.startswith(OFFLINE_MODEL):
+        info = resolve_model(name[len(OFFLINE_MODEL) :])
+    elif (Path(name) / "model.bin").is_file():
+        info = resolve_model(name)
+    else:
+        return None
+    if info.kind != "whisper":
+        raise ValueError(f"model.name {name}: a CTranslate2 {info.kind} model, not Whisper")
+    return info.path
 
 
 def whisper_prompt(tok, language: str | None, task: str = "transcribe") -> list[int]:
