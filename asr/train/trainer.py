@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -271,13 +272,10 @@ def _evaluate(acc, task, model, recipe, dev_urls, run_dir, state, result) -> boo
             "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:3]],
         }
         loss = record["dev_loss"]
-        # a tie of dev WER (common on a small dev set) goes to the lower dev loss
-        tie = state.best_wer is not None and wer == state.best_wer
-        if (
-            state.best_wer is None
-            or wer < state.best_wer
-            or (tie and state.best_loss is not None and loss < state.best_loss)
-        ):
+        # a tie of dev WER (common on a small dev set) goes to the lower dev loss (a state
+        # saved before best_loss existed keeps its best on ties)
+        best_loss = state.best_loss if state.best_loss is not None else -math.inf
+        if state.best_wer is None or (wer, loss) < (state.best_wer, best_loss):
             state.best_wer, state.best_step, state.bad_evals = wer, state.step, 0
             state.best_loss = loss
             _save_weights(acc.unwrap_model(model), run_dir / "best")
