@@ -145,7 +145,7 @@ def _transcribe_arguments(p: argparse.ArgumentParser) -> None:
     add_options(
         decoding,
         DecodeOptions,
-        only=("beam_size", "temperatures", "min_context", "word_timestamps"),
+        only=("beam_size", "temperatures", "fallback", "min_context", "word_timestamps"),
     )
 
 

@@ -139,6 +139,7 @@ def test_options_that_could_not_be_set_can(tmp_path, monkeypatch):
     assert r.returncode == 0
     text = " ".join(r.stdout.split())  # as wide as the terminal
     assert "--temperatures T,T,..." in text and "(default: 0.0,0.2,0.4,0.6,0.8,1.0)" in text
+    assert "--fallback {penalty,sample}" in text and "(default: penalty)" in text
 
     import asr.align
     import asr.engine.transcribe
@@ -158,8 +159,10 @@ def test_options_that_could_not_be_set_can(tmp_path, monkeypatch):
     monkeypatch.setattr(asr.engine.transcribe, "limit_malloc_arenas", lambda: None)
     monkeypatch.setattr(asr.align, "align", fake_align)
     out = str(tmp_path / "o")
-    assert cli.main(["transcribe", "a.wav", "--out", out, "--temperatures", "0,0.4"]) == 0
+    args = ["--temperatures", "0,0.4", "--fallback", "sample"]
+    assert cli.main(["transcribe", "a.wav", "--out", out, *args]) == 0
     assert got["transcribe"].decode.temperatures == (0.0, 0.4)
+    assert got["transcribe"].decode.fallback == "sample"
     align = ["align", "r.jsonl", "--out", out, "--max-unheard", "2", "--snap", "0.1"]
     assert cli.main([*align, "--batch-size", "4"]) == 0
     o = got["align"]

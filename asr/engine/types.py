@@ -35,10 +35,29 @@ class DecodeOptions:
         metadata={
             "metavar": "T,T,...",
             "sep": ",",
-            "help": "decoding temperatures, tried in turn: a window whose result looks wrong (a "
-            "loop, a low log probability) is decoded again at the next; 0: beam search",
+            "help": "decoding temperatures: the first for every window (0: beam search); the "
+            "others, tried in turn, for a window whose result looks wrong (a loop, a low log "
+            "probability) with --fallback sample; one value: no fallback",
         },
     )
+    fallback: str = field(
+        default="penalty",
+        metadata={
+            "choices": ("penalty", "sample"),
+            "help": "how a window whose result looks wrong is decoded again: penalty: once more "
+            "by beam search with a repetition penalty (reproducible); sample: sampled at each "
+            "further temperature in turn, as Whisper does (not reproducible run to run)",
+        },
+    )
+    """Why not sampling by default: ctranslate2 samples with one random generator per worker
+    thread, seeded once and never per call, so a sampled window depends on every window sampled
+    before it in the process: the same recording gave different words run to run and alone or
+    in a batch (6 of 236 utterances of benchmarks/nightly.yaml's multilingual set with base,
+    WER 27.6-28.1% over four runs). A beam search that penalises repeated tokens breaks the
+    same loops and is reproducible: 27.3% there (no fallback: 28.4%; penalty 1.2 as 1.5, 2.0:
+    27.7%)."""
+    fallback_penalty: float = 1.5
+    """The repetition penalty of the `penalty` fallback."""
     compression_ratio_threshold: float = 2.4
     log_prob_threshold: float = -1.0
     no_speech_threshold: float = 0.6

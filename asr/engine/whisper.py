@@ -6,8 +6,9 @@ speech. Windows here hold one long chunk or several short consecutive ones of on
 with little audio (up to 14 s) is encoded in a shortened 15 s context (as accurate, measured,
 and half the encoder's cost), any other in Whisper's own 30 s. Windows are batched, decoded
 with beam search, and decoded again when the result looks like a hallucination (compression
-ratio, log probability, a repeating loop): first in the full 30 s context, then at higher
-temperatures, as Whisper does. Word timestamps come from ctranslate2's cross-attention
+ratio, log probability, a repeating loop): first in the full 30 s context, then by beam search
+with a repetition penalty (reproducible; or sampled at higher temperatures, as Whisper does,
+with fallback "sample"). Word timestamps come from ctranslate2's cross-attention
 alignment.
 
 faster-whisper's parts do what they do well here: loading, the mel front end, the tokenizer
@@ -68,6 +69,25 @@ def has_loop(tokens: list[int], n: int = 3, max_repeats: int = 4) -> bool:
                     return True
                 prev = gram
     return False
+
+
+def fallback_steps(opts: DecodeOptions, first_only: bool = False) -> list[tuple[float, dict]]:
+    """The settings a window is decoded with, in turn, while its result looks wrong:
+    (temperature, ctranslate2 generate() arguments). first_only: the first alone."""
+
+    def step(t: float, penalty: float) -> tuple[float, dict]:
+        kw = dict(repetition_penalty=penalty, no_repeat_ngram_size=opts.no_repeat_ngram_size)
+        if t == 0:
+            return t, dict(kw, beam_size=opts.beam_size, patience=1.0)
+        return t, dict(kw, sampling_topk=0, sampling_temperature=t, beam_size=1)
+
+    first, *rest = opts.temperatures
+    steps = [step(first, opts.repetition_penalty)]
+    if first_only or not rest:
+        return steps
+    if opts.fallback == "sample":
+        return steps + [step(t, opts.repetition_penalty) for t in rest]
+    return steps + [step(0.0, max(opts.fallback_penalty, opts.repetition_penalty))]
 
 
 class WhisperEngine:
@@ -190,8 +210,9 @@ class WhisperEngine:
         encoder_output = self._encode(feats)
         self._switch_languages(windows, feats, encoder_output)
         shortened = context < WINDOW_S
-        temperatures = opts.temperatures[:1] if shortened else opts.temperatures
-        outputs = self._generate_with_fallback(feats, encoder_output, windows, opts, temperatures)
+        outputs = self._generate_with_fallback(
+            feats, encoder_output, windows, opts, fallback_steps(opts, shortened)
+        )
         # a window that looks wrong in a shortened context goes again in 30 s (None)
         redo = [shortened and out["bad"] for out in outputs]
         segment_lists = []
@@ -239,24 +260,20 @@ class WhisperEngine:
         encoder_output,
         windows: list[Window],
         opts: DecodeOptions,
-        temperatures: tuple[float, ...],
+        steps: list[tuple[float, dict]],
     ) -> list[dict]:
-        """Generate for all windows; windows whose output looks wrong go again, hotter. Each
-        output says whether it still looks wrong ("bad")."""
+        """Generate for all windows; windows whose output looks wrong go again with the next
+        step's settings (see fallback_steps). Each output says whether it still looks wrong
+        ("bad")."""
         n = len(windows)
         best: list[dict | None] = [None] * n
         tried: list[list[dict]] = [[] for _ in range(n)]
         todo = list(range(n))
         max_initial = int(round(opts.max_initial_timestamp / self.fw.time_precision))
-        for t_index, temperature in enumerate(temperatures):
+        for t_index, (temperature, kwargs) in enumerate(steps):
             if not todo:
                 break
             results = [None] * len(todo)
-            kwargs = (
-                dict(beam_size=opts.beam_size, patience=1.0)
-                if temperature == 0
-                else dict(sampling_topk=0, sampling_temperature=temperature, beam_size=1)
-            )
             # ctranslate2 wants one prompt shape per call: windows of one chunk decode without
             # timestamp tokens (segments come from the words, or are the whole chunk: fewer
             # tokens, no drifting timestamps); packed windows need them to split their chunks
@@ -278,8 +295,6 @@ class WhisperEngine:
                     sub,
                     prompts,
                     length_penalty=opts.length_penalty,
-                    repetition_penalty=opts.repetition_penalty,
-                    no_repeat_ngram_size=opts.no_repeat_ngram_size,
                     max_length=max_tokens([windows[todo[j]] for j in group], self.fw.max_length),
                     return_scores=True,
                     return_no_speech_prob=True,
@@ -320,10 +335,10 @@ class WhisperEngine:
                     best[i] = out
                     continue
                 tried[i].append(out)
-                if bad and t_index + 1 < len(temperatures):
+                if bad and t_index + 1 < len(steps):
                     still.append(i)
                 elif bad:
-                    # every temperature failed: as Whisper and faster-whisper do, the most
+                    # every step failed: as Whisper and faster-whisper do, the most
                     # probable result that is not a loop, if any is (a loop is often the most
                     # probable of all: base on a Mongolian clip, '―' 70 times at -0.11)
                     sane = [o for o in tried[i] if not o["looping"]]
