@@ -9,15 +9,15 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps demo sample test lint format bench clean
 
-system-deps:  ## espeak-ng speaks the test speech; chromium renders the benchmark report
-	@{ command -v espeak-ng && command -v chromium; } >/dev/null || { \
+system-deps:  ## espeak-ng speaks the test speech; chromium renders the report, drives the workbench tests
+	@{ command -v espeak-ng && command -v chromium && command -v chromedriver; } >/dev/null || { \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	  $(SUDO) apt-get install -y -qq espeak-ng chromium >/dev/null; }
+	  $(SUDO) apt-get install -y -qq espeak-ng chromium chromium-driver >/dev/null; }
 
 $(BIN)/asr: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,dist,train,bench,diarize]'
+	$(BIN)/pip install -q -e '.[test,dist,train,bench,diarize,serve]'
 	# the Silero VAD model as the silero-vad wheel ships it (its torch dependency is not needed)
 	$(BIN)/pip install -q --no-deps silero-vad
 	touch $@

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import jiwer
 import numpy as np
-from rapidfuzz.distance import Levenshtein
 
 from asr.audio import cut_spans, stream
 from asr.diarize import NoTurnsError, speaker_turns_for
@@ -45,7 +44,7 @@ from asr.progress import bar as progress_bar
 from asr.segment import segment_id
 from asr.speakers import Turns, speaker_at
 from asr.stage import Journal, journal_path
-from asr.textnorm import NormText, Rules, normalise, normalise_word
+from asr.textnorm import NormText, Rules, map_words, normalise, normalise_word
 from asr.vad import FRAME_S, SegmentOptions, SileroVad, speech_regions
 
 log = logging.getLogger(__name__)
@@ -184,20 +183,6 @@ def _hyp_words(transcript: Transcript, language: str | None) -> tuple[list[str],
     return words, np.array(times, dtype=np.float64).reshape(-1, 2)
 
 
-def _map_words(ref: list[str], hyp: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """For each ref word, the hyp word it aligns to (-1: none) and whether they are equal."""
-    mapping = np.full(len(ref), -1, dtype=np.int64)
-    equal = np.zeros(len(ref), dtype=bool)
-    for tag, i1, i2, j1, j2 in Levenshtein.opcodes(ref, hyp):
-        if tag == "equal":
-            mapping[i1:i2] = np.arange(j1, j2)
-            equal[i1:i2] = True
-        elif tag == "replace":
-            n = min(i2 - i1, j2 - j1)
-            mapping[i1 : i1 + n] = np.arange(j1, j1 + n)
-    return mapping, equal
-
-
 def _sentences(ref: NormText) -> list[tuple[int, int]]:
     """Ref word ranges [first, last] of each sentence."""
     out: list[tuple[int, int]] = []
@@ -226,7 +211,7 @@ def align_recording(
     if not ref.words or not hyp:
         report["dropped"].append({"text": ref_text[:80], "reason": "nothing recognised"})
         return [], report
-    mapping, equal = _map_words(ref.words, hyp)
+    mapping, equal = map_words(ref.words, hyp)
 
     def drop(first: int, last: int, reason: str) -> None:
         report["dropped"].append({"text": ref.original_span(first, last)[:120], "reason": reason})

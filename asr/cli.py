@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -188,6 +190,24 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out_dir", type=Path, help="a transcripts folder (OUT_DIR of asr transcribe)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only; any other needs a "
+        "token)",
+    )
+    p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("ASR_SERVE_TOKEN"),
+        help="a secret every request must carry (default: $ASR_SERVE_TOKEN; with a --host other "
+        "than 127.0.0.1/localhost and none given, a random one, printed with the URL)",
+    )
+    _common(p)
+
+
 def _manifest_arguments(p: argparse.ArgumentParser) -> None:
     msub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     v = msub.add_parser("validate", help="check every line; report file, line and field")
@@ -331,6 +351,23 @@ def _parser() -> argparse.ArgumentParser:
   2  done, but a model failed on a test set
   3  a regression: WER worse than the previous run by more than gate.max_wer_increase,
      and significant (95% paired bootstrap)
+""",
+        formatter_class=_Help,
+    )
+    sub.add_parser(
+        "serve",
+        arguments=_serve_arguments,
+        help="the workbench: search, listen to, correct and review transcripts in a browser",
+        description="A local web application over OUT_DIR (from `asr transcribe`, also while a "
+        "run still writes it): the collection with its catalogue fields, search across every "
+        "transcript (also GET /api/search?q=...), a transcript page that plays the recording "
+        "and follows it word by word, corrections saved as revisions (the machine transcript is "
+        "kept; every output format is written again; `asr transcribe` never overwrites a "
+        "corrected transcript), and a review queue of the least confident segments. Needs "
+        "`pip install 'archive-asr[serve]'`. Its index and revisions are in OUT_DIR/.workbench.",
+        epilog="""exit codes:
+  0  stopped (Ctrl-C)
+  1  could not start (no such folder, port in use, the [serve] extra missing)
 """,
         formatter_class=_Help,
     )
@@ -486,11 +523,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         r = transcribe(args.inputs, args.out, opts)
     log.info(
         "transcribe: %d done, %d failed, %d skipped (done before), %d skipped (failed before; "
-        "--retry-failed), %.2f h audio in %.1f s, RTFx %.1f -> %s",
+        "--retry-failed), %d kept (corrected by hand), %.2f h audio in %.1f s, RTFx %.1f -> %s",
         r.done,
         r.failed,
         r.skipped_done,
         r.skipped_failed,
+        r.skipped_corrected,
         r.audio_seconds / 3600,
         r.wall_seconds,
         r.rtfx,
@@ -644,6 +682,20 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from asr.workbench.app import serve
+    except ImportError as e:
+        log.error("asr serve needs the [serve] extra: pip install 'archive-asr[serve]' (%s)", e)
+        return EXIT_ERROR
+    token = args.token
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        token = secrets.token_urlsafe(24)
+        log.warning("--host %s: reachable from other machines, so a token is needed", args.host)
+    serve(args.out_dir, args.host, args.port, token)
+    return EXIT_OK
+
+
 COMMANDS = {
     "ingest": cmd_ingest,
     "diarize": cmd_diarize,
@@ -655,6 +707,7 @@ COMMANDS = {
     "export": cmd_export,
     "bench": cmd_bench,
     "manifest": cmd_manifest,
+    "serve": cmd_serve,
 }
 
 

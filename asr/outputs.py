@@ -78,6 +78,9 @@ class Transcript:
     metadata: dict[str, Any] = field(default_factory=dict)
     speakers: list[str] = field(default_factory=list)
     """The speakers' labels in order of first appearance (diarized transcripts only)."""
+    review: dict[str, Any] = field(default_factory=dict)
+    """Corrected transcripts only (asr serve): {"state": "partly reviewed" or "reviewed",
+    "revision": n, "changes": [{"revision", "author", "when", "what"}, ...]}."""
 
     @property
     def text(self) -> str:
@@ -88,6 +91,8 @@ class Transcript:
         """A JSON-ready dict of every field (words included) plus the joined `text`."""
         d = asdict(self)
         d["text"] = self.text
+        if not self.review:  # never corrected: no review record
+            del d["review"]
         if not self.speakers:  # not diarized: the record is as it always was
             del d["speakers"]
             for s in d["segments"]:
@@ -116,6 +121,7 @@ class Transcript:
             software=dict(d.get("software") or {}),
             metadata=dict(d.get("metadata") or {}),
             speakers=list(d.get("speakers") or []),
+            review=dict(d.get("review") or {}),
         )
 
 
@@ -395,7 +401,9 @@ def tei_tree(transcript: Transcript) -> ET.Element:
     file_desc = _sub(header, "fileDesc")
     _sub(_sub(file_desc, "titleStmt"), "title", meta.get("title") or t.recording_id)
     pub = _sub(file_desc, "publicationStmt")
-    p = _sub(pub, "p", "Automatic transcript of recording ")
+    reviewed = t.review.get("state") in ("partly reviewed", "reviewed")
+    kind = "Automatic transcript, corrected by hand," if reviewed else "Automatic transcript"
+    p = _sub(pub, "p", f"{kind} of recording ")
     _sub(p, "idno", t.recording_id, type="recording").tail = "."
     if meta.get("rights"):
         _sub(pub, "p", f"Rights: {meta['rights']}")
@@ -427,6 +435,13 @@ def tei_tree(transcript: Transcript) -> ET.Element:
         for label, xid in speakers.items():
             person = _sub(people, "person", n=label)
             person.set(f"{{{XML_NS}}}id", xid)
+
+    if t.review:  # TEI's record of the corrections: who changed what, when
+        changes = _sub(header, "revisionDesc", status=_x(t.review.get("state", "")))
+        for c in reversed(t.review.get("changes", [])):  # most recent first, as TEI advises
+            change = _sub(changes, "change", c.get("what", ""), when=_x(c.get("when", "")))
+            change.set("who", _x(c.get("author", "")))
+            change.set("n", str(c.get("revision", "")))
 
     body = _sub(_sub(root, "text"), "body")
     timeline = _sub(body, "timeline", unit="s", origin="#T0")

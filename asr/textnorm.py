@@ -17,6 +17,9 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
+import numpy as np
+from rapidfuzz.distance import Levenshtein
+
 from asr.config import load_yaml
 
 TOKEN_RE = re.compile(r"\d+(?:[.,:]\d+)*(?:st|nd|rd|th)?|\w+(?:['’]\w+)*", re.UNICODE)
@@ -145,3 +148,19 @@ def normalise(text: str, language: str | None = None, rules: Rules | None = None
 def normalise_plain(text: str, language: str | None = None) -> str:
     """Normalised words of a text, joined by spaces (for scoring)."""
     return " ".join(normalise(text, language).words)
+
+
+def map_words(ref: list[str], hyp: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Word alignment of two word sequences (Levenshtein): for each ref word, the hyp word it
+    aligns to (-1: none) and whether they are equal. Used by `asr align` (a text to the words
+    heard) and by corrections (edited words to the machine's words, for their times)."""
+    mapping = np.full(len(ref), -1, dtype=np.int64)
+    equal = np.zeros(len(ref), dtype=bool)
+    for tag, i1, i2, j1, j2 in Levenshtein.opcodes(ref, hyp):
+        if tag == "equal":
+            mapping[i1:i2] = np.arange(j1, j2)
+            equal[i1:i2] = True
+        elif tag == "replace":
+            n = min(i2 - i1, j2 - j1)
+            mapping[i1 : i1 + n] = np.arange(j1, j1 + n)
+    return mapping, equal

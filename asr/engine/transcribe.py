@@ -30,6 +30,7 @@ from asr.engine.types import Finished, TranscribeOptions
 from asr.manifest import remove_stale_temps
 from asr.outputs import EXTENSIONS, write_outputs
 from asr.progress import bar as progress_bar
+from asr.revisions import corrected_keys
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class TranscribeResult:
     failed: int = 0
     skipped_done: int = 0
     skipped_failed: int = 0
+    skipped_corrected: int = 0
     recovered: int = 0
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -160,7 +162,12 @@ def _run_planned(
     plan = db.plan(requests, outputs, opts.retry_failed)
     result.skipped_done, result.skipped_failed = plan.done, plan.failed
     result.recovered = plan.recovered
-    wanted = set(plan.todo)
+    # a transcript an archivist corrected (asr serve) is never written over
+    kept = corrected_keys(out_dir) & set(plan.todo)
+    for key in sorted(kept):
+        log.info("kept: %s has corrections (asr serve); it is not transcribed again", key)
+    result.skipped_corrected = len(kept)
+    wanted = set(plan.todo) - kept
     todo = [j for j in jobs if j.key in wanted]
     for job in todo:
         db.start(job.key, outputs[job.key], requests[job.key])

@@ -1,0 +1,1 @@
+"""The archivist's workbench (`asr serve`): search, listen to, correct and review transcripts."""

@@ -1,0 +1,405 @@
+"""The search index of a transcripts folder: SQLite with FTS5, kept in step with the files.
+
+OUT_DIR/.workbench/index.sqlite holds a row per recording (catalogue fields, duration, status,
+mean word confidence, speakers, review state) and per segment, and an FTS5 table over segment
+text that folds case and accents (`unicode61 remove_diacritics 2`). It is a cache: `refresh`
+reads only transcripts whose file changed since the last look, so a folder a run is still
+writing is searchable as it grows, and deleting the index only costs one rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from asr.outputs import EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "index.sqlite"
+JOBS_DB = "jobs.sqlite"  # asr transcribe's job database (asr.engine.jobs.DB_NAME)
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS recordings (
+    key TEXT PRIMARY KEY,           -- transcript path under OUT_DIR, without extension
+    recording_id TEXT, title TEXT, date TEXT, collection TEXT, language TEXT, rights TEXT,
+    duration REAL, status TEXT, confidence REAL, speakers TEXT, review TEXT, revision INTEGER,
+    words INTEGER, error TEXT,
+    mtime_ns INTEGER, size INTEGER  -- of the JSON file, to see that it changed
+);
+CREATE TABLE IF NOT EXISTS segments (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL, seg INTEGER NOT NULL, start REAL, "end" REAL, text TEXT,
+    speaker TEXT, confidence REAL, words TEXT  -- JSON [[start, end, word], ...]
+);
+CREATE INDEX IF NOT EXISTS segments_key ON segments(key);
+CREATE INDEX IF NOT EXISTS segments_confidence ON segments(confidence);
+CREATE VIRTUAL TABLE IF NOT EXISTS segments_fts USING fts5(
+    text, content='segments', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS segments_ai AFTER INSERT ON segments BEGIN
+    INSERT INTO segments_fts(rowid, text) VALUES (new.id, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS segments_ad AFTER DELETE ON segments BEGIN
+    INSERT INTO segments_fts(segments_fts, rowid, text) VALUES ('delete', old.id, old.text);
+END;
+"""
+SORTS = {
+    "title": "coalesce(title, recording_id) COLLATE NOCASE",
+    "date": "date",
+    "duration": "duration",
+    "confidence": "confidence",
+    "collection": "collection COLLATE NOCASE",
+    "language": "language",
+    "status": "status",
+}
+MARK = ("\x02", "\x03")  # snippet highlight markers: no transcript holds them (escaped later)
+
+
+@dataclass
+class Filters:
+    """What a collection listing or a search is narrowed to (empty: everything)."""
+
+    collection: str = ""
+    language: str = ""
+    speaker: str = ""
+    date_from: str = ""
+    date_to: str = ""
+    status: str = ""
+    review: str = ""
+
+    def where(self, table: str = "r") -> tuple[str, list]:
+        clauses, args = [], []
+        for column in ("collection", "language", "status", "review"):
+            value = getattr(self, column)
+            if value:
+                clauses.append(f"{table}.{column} = ?")
+                args.append(value)
+        if self.date_from:
+            clauses.append(f"{table}.date >= ?")
+            args.append(self.date_from)
+        if self.date_to:  # a date "1957" or "1957-06" is within a range ending 1957
+            clauses.append(f"substr({table}.date, 1, length(?)) <= ?")
+            args += [self.date_to, self.date_to]
+        return " AND ".join(clauses) or "1", args
+
+
+def fold(text: str) -> str:
+    """Case and accents folded, as the index folds them: to find the hit's word in a segment."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def fts_query(q: str) -> str:
+    """A user's search as an FTS5 query: "quoted phrases" and words, all required; every term
+    quoted, so FTS5's operators and syntax in the input are only text."""
+    terms = []
+    for phrase, word in re.findall(r'"([^"]*)"|(\S+)', q):
+        text = phrase if phrase else word
+        tokens = re.findall(r"\w+", text)
+        if tokens:
+            terms.append('"' + " ".join(tokens) + '"')
+    return " AND ".join(terms)
+
+
+class Index:
+    """The index of one transcripts folder. Thread-safe: one connection, one lock."""
+
+    def __init__(self, out_dir: str | Path, refresh_every: float = 2.0):
+        self.out_dir = Path(out_dir).resolve()
+        folder = self.out_dir / ".workbench"
+        folder.mkdir(exist_ok=True)
+        self.path = folder / INDEX_NAME
+        self.db = sqlite3.connect(self.path, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.lock = threading.RLock()
+        self.refresh_every = refresh_every
+        self._last = 0.0
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- keeping in step with the folder ------------------------------------------------------
+
+    def _transcripts(self) -> dict[str, os.stat_result]:
+        """Every transcript JSON under OUT_DIR (not in hidden folders, not through a link that
+        leaves OUT_DIR): {key: its stat}."""
+        found = {}
+        ext = EXTENSIONS["json"]
+        for folder, dirs, files in os.walk(self.out_dir):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in files:
+                if not name.endswith(ext) or name.startswith("."):
+                    continue
+                path = Path(folder) / name
+                if path.is_symlink() and not path.resolve().is_relative_to(self.out_dir):
+                    continue
+                key = path.relative_to(self.out_dir).as_posix()[: -len(ext)]
+                try:
+                    found[key] = path.stat()
+                except OSError:
+                    continue
+        return found
+
+    def _jobs(self) -> dict[str, tuple[str, str | None]]:
+        """{key: (status, error)} from asr transcribe's job database, if there is one."""
+        path = self.out_dir / JOBS_DB
+        if not path.is_file():
+            return {}
+        try:
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            try:
+                rows = con.execute("SELECT key, status, error FROM jobs").fetchall()
+            finally:
+                con.close()
+        except sqlite3.Error as e:
+            log.warning("%s: cannot read the job database: %s", path, e)
+            return {}
+        return {k: (s, err) for k, s, err in rows}
+
+    def audio_path(self, key: str) -> str | None:
+        """The recording of `key` as asr transcribe's job database has it (None: no such job):
+        the only media the workbench serves."""
+        path = self.out_dir / JOBS_DB
+        if not path.is_file():
+            return None
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            row = con.execute("SELECT path FROM jobs WHERE key=?", (key,)).fetchone()
+        finally:
+            con.close()
+        return row[0] if row else None
+
+    def refresh(self, force: bool = False) -> int:
+        """Read transcripts that are new or changed since the last look, drop those gone;
+        returns how many were read. At most every `refresh_every` seconds unless forced."""
+        with self.lock:
+            now = time.monotonic()
+            if not force and now - self._last < self.refresh_every:
+                return 0
+            self._last = now
+            files = self._transcripts()
+            jobs = self._jobs()
+            known = {
+                k: (m, s, st)
+                for k, m, s, st in self.db.execute(
+                    "SELECT key, mtime_ns, size, status FROM recordings"
+                )
+            }
+            n = 0
+            with self.db:
+                for key in set(known) - set(files) - set(jobs):
+                    self._drop(key)
+                for key, st in files.items():
+                    status = jobs.get(key, ("done", None))[0]
+                    if known.get(key, (None, None, None))[:2] == (st.st_mtime_ns, st.st_size):
+                        if known[key][2] != status:
+                            self.db.execute(
+                                "UPDATE recordings SET status=? WHERE key=?", (status, key)
+                            )
+                        continue
+                    if self._read(key, st, status):
+                        n += 1
+                for key, (status, error) in jobs.items():  # not transcribed (yet): listed too
+                    if key not in files:
+                        self._drop(key)
+                        self.db.execute(
+                            "INSERT INTO recordings (key, recording_id, status, error) "
+                            "VALUES (?, ?, ?, ?)",
+                            (key, key, status, error),
+                        )
+            return n
+
+    def _drop(self, key: str) -> None:
+        self.db.execute("DELETE FROM segments WHERE key=?", (key,))
+        self.db.execute("DELETE FROM recordings WHERE key=?", (key,))
+
+    def _read(self, key: str, st: os.stat_result, status: str) -> bool:
+        path = self.out_dir / (key + EXTENSIONS["json"])
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            segments = d["segments"]
+            recording_id = d["recording_id"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.debug("%s: not a transcript (%s)", path, e)
+            return False
+        meta = d.get("metadata") or {}
+        review = d.get("review") or {}
+        self._drop(key)
+        probs, rows = [], []
+        for s in segments:
+            words = s.get("words") or []
+            p = [float(w.get("probability", 0.0)) for w in words]
+            probs += p
+            rows.append(
+                (
+                    key,
+                    int(s.get("id", len(rows))),
+                    float(s["start"]),
+                    float(s["end"]),
+                    (s.get("text") or "").strip(),
+                    s.get("speaker"),
+                    sum(p) / len(p) if p else None,
+                    json.dumps([[w["start"], w["end"], w["word"]] for w in words]),
+                )
+            )
+        speakers = d.get("speakers") or []
+        self.db.execute(
+            "INSERT INTO recordings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                key,
+                recording_id,
+                _str(meta.get("title")),
+                _str(meta.get("date")),
+                _str(meta.get("collection")),
+                d.get("language"),
+                _str(meta.get("rights")),
+                float(d.get("duration") or 0.0),
+                status,
+                sum(probs) / len(probs) if probs else None,
+                json.dumps(speakers),
+                review.get("state", "machine"),
+                int(review.get("revision", 0)),
+                len(probs),
+                None,
+                st.st_mtime_ns,
+                st.st_size,
+            ),
+        )
+        self.db.executemany(
+            'INSERT INTO segments (key, seg, start, "end", text, speaker, confidence, words) '
+            "VALUES (?,?,?,?,?,?,?,?)",
+            rows,
+        )
+        return True
+
+    # -- asking -------------------------------------------------------------------------------
+
+    def recordings(self, filters: Filters | None = None, sort: str = "title", desc=False):
+        """The collection: one dict per recording, filtered and sorted."""
+        self.refresh()
+        where, args = (filters or Filters()).where()
+        if filters and filters.speaker:
+            where += " AND EXISTS (SELECT 1 FROM segments s WHERE s.key = r.key AND s.speaker = ?)"
+            args.append(filters.speaker)
+        order = SORTS.get(sort, SORTS["title"]) + (" DESC" if desc else "")
+        with self.lock:
+            cur = self.db.execute(
+                f"SELECT * FROM recordings r WHERE {where} ORDER BY {order}", args
+            )
+            names = [c[0] for c in cur.description]
+            out = [dict(zip(names, row)) for row in cur]
+        for r in out:
+            r["speakers"] = json.loads(r["speakers"] or "[]")
+        return out
+
+    def recording(self, key: str) -> dict | None:
+        self.refresh()
+        with self.lock:
+            cur = self.db.execute("SELECT * FROM recordings WHERE key=?", (key,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            r = dict(zip([c[0] for c in cur.description], row))
+        r["speakers"] = json.loads(r["speakers"] or "[]")
+        return r
+
+    def facets(self) -> dict[str, list[str]]:
+        """The values to filter by: collections, languages, speakers, statuses."""
+        self.refresh()
+        with self.lock:
+            out = {
+                c: [
+                    v
+                    for (v,) in self.db.execute(
+                        f"SELECT DISTINCT {c} FROM recordings WHERE {c} IS NOT NULL ORDER BY {c}"
+                    )
+                ]
+                for c in ("collection", "language", "status", "review")
+            }
+            out["speaker"] = [
+                v
+                for (v,) in self.db.execute(
+                    "SELECT DISTINCT speaker FROM segments WHERE speaker IS NOT NULL "
+                    "ORDER BY speaker"
+                )
+            ]
+        return out
+
+    def search(self, q: str, filters: Filters | None = None, limit: int = 50, offset: int = 0):
+        """Segments that hold every word and phrase of q (case and accents folded), best
+        first; each hit with its recording, time (the first matching word's), and a snippet
+        whose matches are between MARK characters."""
+        self.refresh()
+        match = fts_query(q)
+        if not match:
+            return []
+        where, args = (filters or Filters()).where()
+        if filters and filters.speaker:
+            where += " AND s.speaker = ?"
+            args.append(filters.speaker)
+        sql = (
+            'SELECT s.key, s.seg, s.start, s."end", s.text, s.speaker, s.words, r.recording_id, '
+            f"r.title, snippet(segments_fts, 0, '{MARK[0]}', '{MARK[1]}', '…', 24) "
+            "FROM segments_fts JOIN segments s ON s.id = segments_fts.rowid "
+            "JOIN recordings r ON r.key = s.key "
+            f"WHERE segments_fts MATCH ? AND {where} ORDER BY rank LIMIT ? OFFSET ?"
+        )
+        with self.lock:
+            rows = self.db.execute(sql, [match, *args, limit, offset]).fetchall()
+        first = [fold(t) for t in re.findall(r"\w+", q)][:1]
+        hits = []
+        for key, seg, start, end, text, speaker, words, rid, title, snippet in rows:
+            at = start
+            for ws, _, w in json.loads(words or "[]"):
+                if first and fold(w).strip(" .,;:!?\"'()").startswith(first[0]):
+                    at = ws
+                    break
+            hits.append(
+                dict(
+                    key=key,
+                    recording_id=rid,
+                    title=title,
+                    segment=seg,
+                    start=round(at, 3),
+                    end=round(end, 3),
+                    segment_start=start,
+                    text=text,
+                    speaker=speaker,
+                    snippet=snippet,
+                )
+            )
+        return hits
+
+    def review_queue(self, filters: Filters | None = None, limit: int = 50, offset: int = 0):
+        """Segments with words, least confident first (those a person already corrected, all
+        of whose words are certain, come last)."""
+        self.refresh()
+        where, args = (filters or Filters()).where()
+        sql = (
+            'SELECT s.key, s.seg, s.start, s."end", s.text, s.speaker, s.confidence, '
+            "r.recording_id, r.title FROM segments s JOIN recordings r ON r.key = s.key "
+            f"WHERE s.confidence IS NOT NULL AND {where} ORDER BY s.confidence, s.key, s.seg "
+            "LIMIT ? OFFSET ?"
+        )
+        with self.lock:
+            rows = self.db.execute(sql, [*args, limit, offset]).fetchall()
+        names = ("key", "segment", "start", "end", "text", "speaker", "confidence")
+        return [dict(zip(names + ("recording_id", "title"), r)) for r in rows]
+
+
+def _str(value) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, list):
+        return "; ".join(map(str, value))
+    return str(value)

@@ -1,0 +1,497 @@
+"""The workbench (`asr serve`) over a real transcripts folder: tiny.en transcripts of real
+speech, the real SQLite index, real HTTP (Starlette's test client), and a real browser
+(Debian's chromium, headless, through selenium and chromium-driver)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import webvtt
+from lxml import etree
+
+pytest.importorskip("starlette")
+from starlette.testclient import TestClient  # noqa: E402
+
+from asr.audio import load  # noqa: E402
+from asr.engine.transcribe import TranscribeOptions, transcribe  # noqa: E402
+from asr.ingest import IngestOptions, ingest  # noqa: E402
+from asr.revisions import corrected_keys  # noqa: E402
+from asr.workbench.app import create_app  # noqa: E402
+from asr.workbench.index import fts_query  # noqa: E402
+
+FORMATS = ("json", "vtt", "srt", "txt", "tei")
+EVIL = "<script>alert(1)</script>"
+
+
+def _aac(src: Path, dst: Path) -> None:
+    """An AAC (.m4a) copy of src: a container the workbench transcodes for the browser."""
+    audio = load(src)
+    with av.open(str(dst), "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            (audio * 32767).astype(np.int16)[None, :], format="s16", layout="mono"
+        )
+        frame.sample_rate = 16000
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def collection(realspeech, tmp_path_factory) -> Path:
+    """A transcribed collection: 5 LJSpeech utterances (one as AAC in .m4a) with catalogue
+    fields, one title markup, as `asr ingest` + `asr transcribe` leave it."""
+    root = tmp_path_factory.mktemp("workbench")
+    holdings = root / "holdings"
+    holdings.mkdir()
+    with open(realspeech / "catalogue.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["path"].startswith("ljspeech_coqui/")][:5]
+    catalogue = []
+    for i, r in enumerate(rows):
+        src = realspeech / r["path"]
+        name = Path(r["path"]).name
+        if i == 4:
+            name = Path(name).with_suffix(".m4a").name
+            _aac(src, holdings / name)
+        else:
+            shutil.copy(src, holdings / name)
+        catalogue.append(
+            dict(
+                path=name,
+                title=EVIL if i == 1 else f"Reading {i}",
+                date=f"19{50 + i}-06-01",
+                collection="radio" if i % 2 else "oral history",
+                language="en",
+                rights="public domain",
+            )
+        )
+    with open(holdings / "catalogue.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(catalogue[0]))
+        w.writeheader()
+        w.writerows(catalogue)
+    ingest([], root / "manifests", IngestOptions(catalogue=holdings / "catalogue.csv"))
+    out = root / "out"
+    opts = TranscribeOptions(formats=FORMATS, progress=False)
+    r = transcribe([root / "manifests" / "recordings.jsonl"], out, opts)
+    assert r.done == 5, r.failures
+    return out
+
+
+@pytest.fixture()
+def out_dir(collection, tmp_path) -> Path:
+    """A copy of the collection's OUT_DIR for a test that changes it."""
+    dst = tmp_path / "out"
+    shutil.copytree(collection, dst)
+    return dst
+
+
+def _transcripts(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+
+
+def _a_word(out: Path) -> tuple[str, dict, dict]:
+    """A distinctive recognised word (7+ letters) of one transcript, well after its segment's
+    start (a hit's time must be the word's own): (key, transcript, word)."""
+    for key, t in sorted(_transcripts(out).items()):
+        for s in t["segments"]:
+            for w in s["words"]:
+                if len(w["word"].strip(" ,.")) >= 7 and w["start"] > s["start"] + 1.0:
+                    return key, t, w
+    raise AssertionError("no long word")
+
+
+def test_search_finds_spoken_words_with_their_time(collection):
+    client = TestClient(create_app(collection))
+    key, t, w = _a_word(collection)
+    word = w["word"].strip(" ,.")
+    for q in (word, word.upper(), word.lower()):  # case-insensitive
+        hits = client.get("/api/search", params={"q": q}).json()["hits"]
+        assert any(h["key"] == key for h in hits), (q, hits)
+    hit = next(h for h in hits if h["key"] == key)
+    assert hit["recording_id"] == t["recording_id"]
+    assert abs(hit["start"] - w["start"]) < 0.01  # the word's own time, not its segment's
+    assert hit["start"] <= hit["end"] and word.lower() in hit["text"].lower()
+    assert hit["url"].startswith(f"/r/{key}?t=")
+    page = client.get(hit["url"])
+    assert page.status_code == 200 and word in page.text
+    # a phrase matches words in order only
+    words = [x["word"].strip(" ,.") for s in t["segments"] for x in s["words"]]
+    a, b = next((x, y) for x, y in zip(words, words[1:]) if len(x) > 3 and len(y) > 3)
+    assert client.get("/api/search", params={"q": f'"{a} {b}"'}).json()["hits"]
+    both = client.get("/api/search", params={"q": f'"{b} {a}"'}).json()["hits"]
+    assert all(h["key"] != key for h in both)
+    # FTS5 syntax in a query is text, never an error
+    for q in ('"', "NEAR(a b)", "a OR", "*", "text:foo", "'); DROP TABLE segments; --"):
+        r = client.get("/api/search", params={"q": q})
+        assert r.status_code == 200 and "hits" in r.json(), q
+    assert fts_query('x" OR y') == '"x" AND "OR" AND "y"'
+
+
+def test_search_narrows_to_a_collection_and_dates(collection):
+    client = TestClient(create_app(collection))
+    records = client.get("/api/recordings").json()["recordings"]
+    assert len(records) == 5 and {r["collection"] for r in records} == {"radio", "oral history"}
+    radio = client.get("/api/recordings", params={"collection": "radio"}).json()["recordings"]
+    assert {r["collection"] for r in radio} == {"radio"} and len(radio) == 2
+    # every word of every radio transcript is found within radio only
+    key, t, w = next(
+        (r["key"], t, w)
+        for r in radio
+        for t in [_transcripts(collection)[r["key"]]]
+        for s in t["segments"]
+        for w in s["words"]
+        if len(w["word"].strip(" ,.")) > 4
+    )
+    q = w["word"].strip(" ,.")
+    hits = client.get("/api/search", params={"q": q, "collection": "radio"}).json()["hits"]
+    assert hits and all(h["key"] in {r["key"] for r in radio} for h in hits)
+    date = next(r["date"] for r in records if r["key"] == key)
+    assert client.get("/api/search", params={"q": q, "from": date, "to": date}).json()["hits"]
+    later = str(int(date[:4]) + 1)
+    assert not [
+        h
+        for h in client.get("/api/search", params={"q": q, "from": later}).json()["hits"]
+        if h["key"] == key
+    ]
+
+
+def test_collection_page_escapes_catalogue_text_and_sorts(collection):
+    client = TestClient(create_app(collection))
+    html = client.get("/").text
+    assert EVIL not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert html.count('class="rec"') == 5
+    by = client.get("/api/recordings", params={"sort": "duration"}).json()["recordings"]
+    durations = [r["duration"] for r in by]
+    assert durations == sorted(durations) and all(d > 0 for d in durations)
+    for r in by:
+        assert r["status"] == "done" and 0 < r["confidence"] <= 1 and r["review"] == "machine"
+    key = next(r["key"] for r in by if r["title"] == EVIL)
+    page = client.get(f"/r/{key}").text
+    assert EVIL not in page and "&lt;script&gt;" in page
+
+
+def test_media_is_served_with_ranges_and_nothing_else(collection, tmp_path):
+    client = TestClient(create_app(collection))
+    records = {r["key"]: r for r in client.get("/api/recordings").json()["recordings"]}
+    wav = next(k for k in records if k.endswith("0001"))
+    whole = client.get(f"/media/{wav}")
+    assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes"
+    part = client.get(f"/media/{wav}", headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == whole.content[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(whole.content)}"
+    # AAC in .m4a: transcoded once to Opus, which plays back as long as the recording
+    m4a = next(k for k, r in records.items() if r["recording_id"].endswith(".m4a"))
+    ogg = client.get(f"/media/{m4a}")
+    assert ogg.status_code == 200 and ogg.headers["content-type"] == "audio/ogg"
+    (tmp_path / "x.ogg").write_bytes(ogg.content)
+    with av.open(str(tmp_path / "x.ogg")) as f:
+        assert f.streams.audio[0].codec_context.name == "opus"
+        seconds = sum(fr.samples for fr in f.decode(audio=0)) / 48000
+    assert abs(seconds - records[m4a]["duration"]) < 0.1
+    # only recordings of the job database, only transcripts found under OUT_DIR
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"recording_id": "s", "segments": [], "duration": 1}))
+    (collection / "link.json").symlink_to(secret)
+    try:
+        fresh = TestClient(create_app(collection))
+        assert fresh.get("/r/link").status_code == 404
+        assert "link" not in {r["key"] for r in fresh.get("/api/recordings").json()["recordings"]}
+    finally:
+        (collection / "link.json").unlink()
+    for path in (
+        "/media/../jobs.sqlite",
+        "/media/%2e%2e/%2e%2e/etc/passwd",
+        "/media//etc/passwd",
+        "/media/jobs",
+        "/r/..%2Fjobs",
+        "/static/../index.py",
+        "/static/%2e%2e/app.py",
+    ):
+        r = client.get(path)
+        assert r.status_code == 404, (path, r.status_code)
+        assert b"root:" not in r.content and b"SQLite" not in r.content
+
+
+def test_a_correction_is_a_revision_rewrites_every_format_and_survives_a_rerun(collection, out_dir):
+    client = TestClient(create_app(out_dir))
+    key, t, _ = _a_word(out_dir)
+    seg = t["segments"][0]
+    new = "Archivists corrected this: " + seg["text"].strip()
+    r = client.post(
+        f"/api/transcripts/{key}/segments/{seg['id']}",
+        json={"base_revision": 0, "text": new, "author": "Ada"},
+    )
+    assert r.status_code == 200 and r.json()["revision"] == 1
+    saved = json.loads((out_dir / f"{key}.json").read_text())
+    s0 = saved["segments"][0]
+    assert s0["text"].strip() == new
+    assert [w["word"].strip() for w in s0["words"]] == new.split()
+    starts = [w["start"] for w in s0["words"]]
+    assert starts == sorted(starts) and seg["start"] - 0.01 <= starts[0] <= starts[-1] <= seg["end"]
+    # the words the machine had keep their times
+    old = {w["word"].strip(): w["start"] for w in seg["words"]}
+    kept = [w for w in s0["words"][4:] if w["word"].strip() in old]
+    assert kept and all(abs(w["start"] - old[w["word"].strip()]) < 1e-3 for w in kept)
+    assert saved["review"]["state"] == "partly reviewed" and saved["review"]["revision"] == 1
+    assert saved["review"]["changes"][0]["author"] == "Ada"
+    # every format again, from the revision
+    cues = webvtt.read(str(out_dir / f"{key}.vtt"))
+    assert "Archivists corrected this:" in cues[0].text
+    assert "Archivists corrected this:" in (out_dir / f"{key}.srt").read_text()
+    assert (out_dir / f"{key}.txt").read_text().startswith("Archivists corrected this:")
+    tei = etree.parse(str(out_dir / f"{key}.tei.xml"))
+    ns = {"t": "http://www.tei-c.org/ns/1.0"}
+    assert tei.xpath("string(//t:u[1]/t:w[1])", namespaces=ns) == "Archivists"
+    assert tei.xpath("//t:revisionDesc/t:change/@who", namespaces=ns) == ["Ada"]
+    # the machine's transcript is revision 0
+    machine = client.get(f"/api/transcripts/{key}/revisions/0").json()["transcript"]
+    assert machine["segments"][0]["text"] == seg["text"]
+    # a second browser still on revision 0 is told, and nothing is lost
+    r = client.post(
+        f"/api/transcripts/{key}/segments/{seg['id']}", json={"base_revision": 0, "text": "x"}
+    )
+    assert r.status_code == 409 and "revision 1" in r.json()["error"]
+    assert json.loads((out_dir / f"{key}.json").read_text())["segments"][0]["text"].strip() == new
+    r = client.post(
+        f"/api/transcripts/{key}/review", json={"base_revision": 1, "state": "reviewed"}
+    )
+    assert r.status_code == 200 and r.json()["transcript"]["review"]["state"] == "reviewed"
+    assert client.get("/api/recordings", params={"review": "reviewed"}).json()["recordings"]
+    # searchable at once
+    hits = client.get("/api/search", params={"q": "archivists corrected"}).json()["hits"]
+    assert [h["key"] for h in hits] == [key]
+    # a rerun of asr transcribe with other options never overwrites it
+    assert corrected_keys(out_dir) == {key}
+    recordings = collection.parent / "manifests" / "recordings.jsonl"
+    opts = TranscribeOptions(formats=(*FORMATS, "rttm"), progress=False)
+    res = transcribe([recordings], out_dir, opts)
+    assert res.skipped_corrected == 1 and res.done == 4
+    assert json.loads((out_dir / f"{key}.json").read_text())["review"]["state"] == "reviewed"
+
+
+def test_accents_and_case_fold_in_search_and_speakers_are_named(out_dir):
+    client = TestClient(create_app(out_dir))
+    key, t, _ = _a_word(out_dir)
+    seg = t["segments"][0]
+    text = "Déjà vu at the Café Ørsted in São Paulo"
+    r = client.post(
+        f"/api/transcripts/{key}/segments/{seg['id']}", json={"base_revision": 0, "text": text}
+    )
+    assert r.status_code == 200
+    for q in ("deja", "CAFE", "sao paulo", "café", "déjà vu"):
+        hits = client.get("/api/search", params={"q": q}).json()["hits"]
+        assert [h["key"] for h in hits] == [key], q
+    # a diarized transcript: its speaker named everywhere
+    path = out_dir / f"{key}.json"
+    d = json.loads(path.read_text())
+    d["speakers"] = ["SPEAKER_00"]
+    for s in d["segments"]:
+        s["speaker"] = "SPEAKER_00"
+        s.setdefault("overlap", False)
+        for w in s["words"]:
+            w["speaker"] = "SPEAKER_00"
+    # (as asr transcribe --diarize writes it; revision 1 holds what the edit saw)
+    conn = sqlite3.connect(out_dir / ".workbench" / "revisions.sqlite")
+    with conn:
+        conn.execute(
+            "UPDATE revisions SET transcript=? WHERE key=? AND revision=1", (json.dumps(d), key)
+        )
+    conn.close()
+    r = client.post(
+        f"/api/transcripts/{key}/speakers",
+        json={"base_revision": 1, "old": "SPEAKER_00", "new": "Mary <b>Smith</b>"},
+    )
+    assert r.status_code == 200, r.text
+    vtt = (out_dir / f"{key}.vtt").read_text()
+    assert "<v Mary &lt;b&gt;Smith&lt;/b&gt;>" in vtt
+    page = client.get(f"/r/{key}").text
+    assert "Mary &lt;b&gt;Smith&lt;/b&gt;" in page and "<b>Smith" not in page
+    tei = etree.parse(str(out_dir / f"{key}.tei.xml"))
+    ns = {"t": "http://www.tei-c.org/ns/1.0"}
+    assert tei.xpath("//t:person/@n", namespaces=ns) == ["Mary <b>Smith</b>"]
+    assert client.get("/api/search", params={"q": "cafe", "speaker": "Mary <b>Smith</b>"}).json()[
+        "hits"
+    ]
+    assert not client.get("/api/search", params={"q": "cafe", "speaker": "SPEAKER_00"}).json()[
+        "hits"
+    ]
+
+
+def test_review_queue_puts_the_least_confident_first(out_dir):
+    client = TestClient(create_app(out_dir))
+    queue = client.get("/api/review", params={"limit": 1000}).json()["segments"]
+    n = sum(len(t["segments"]) for t in _transcripts(out_dir).values())
+    assert len(queue) == n
+    conf = [s["confidence"] for s in queue]
+    assert conf == sorted(conf)
+    worst = queue[0]
+    t = _transcripts(out_dir)[worst["key"]]
+    seg = next(s for s in t["segments"] if s["id"] == worst["segment"])
+    mean = sum(w["probability"] for w in seg["words"]) / len(seg["words"])
+    assert abs(mean - worst["confidence"]) < 1e-9
+    r = client.post(
+        f"/api/transcripts/{worst['key']}/segments/{worst['segment']}",
+        json={"base_revision": 0, "text": seg["text"]},
+    )
+    assert r.status_code == 200
+    after = client.get("/api/review", params={"limit": 1000}).json()["segments"]
+    assert (after[-1]["key"], after[-1]["segment"]) == (worst["key"], worst["segment"])
+    assert after[-1]["confidence"] == 1.0
+    assert "least sure" in client.get("/review").text
+
+
+def test_the_index_follows_a_folder_that_is_still_being_written(out_dir):
+    app = create_app(out_dir)
+    app.state.index.refresh_every = 0.0
+    client = TestClient(app)
+    key, t, w = _a_word(out_dir)
+    word = w["word"].strip(" ,.")
+    moved = out_dir.parent / "later.json"
+    shutil.move(out_dir / f"{key}.json", moved)
+    assert not [
+        h for h in client.get("/api/search", params={"q": word}).json()["hits"] if h["key"] == key
+    ]
+    shutil.move(moved, out_dir / f"{key}.json")  # the run writes it
+    assert [
+        h for h in client.get("/api/search", params={"q": word}).json()["hits"] if h["key"] == key
+    ]
+
+
+def test_a_token_guards_every_request(collection):
+    client = TestClient(create_app(collection, token="s3cret"))
+    assert client.get("/").status_code == 401
+    assert client.get("/api/search", params={"q": "the"}).status_code == 401
+    assert client.get("/", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert (
+        client.get(
+            "/api/search", params={"q": "the"}, headers={"Authorization": "Bearer s3cret"}
+        ).status_code
+        == 200
+    )
+    r = client.get("/?token=s3cret")
+    assert r.status_code == 200 and "asr_token" in r.headers["set-cookie"]
+    assert client.get("/api/recordings").status_code == 200  # the cookie from now on
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(out_dir):
+    """The workbench on a real port (uvicorn in a thread)."""
+    import uvicorn
+
+    port = _free_port()
+    app = create_app(out_dir)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started
+    yield f"http://127.0.0.1:{port}", out_dir
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture()
+def browser():
+    if not shutil.which("chromedriver") or not shutil.which("chromium"):
+        pytest.skip("chromium and chromium-driver (Debian) are needed: make system-deps")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--autoplay-policy=no-user-gesture-required",
+        "--window-size=1280,900",
+    ):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_in_a_browser_a_hit_plays_at_its_word_and_a_correction_persists(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, out = server
+    key, t, w = _a_word(out)
+    word = w["word"].strip(" ,.")
+    wait = WebDriverWait(browser, 20)
+    browser.get(base + "/")
+    box = browser.find_element(By.ID, "q")
+    box.send_keys(word, Keys.ENTER)
+    link = wait.until(
+        EC.element_to_be_clickable((By.CSS_SELECTOR, f'a.hit-link[href^="/r/{key}?"]'))
+    )
+    link.click()
+    wait.until(
+        lambda d: d.execute_script(
+            "const m = document.getElementById('media'); return m && m.readyState >= 1"
+        )
+    )
+    wait.until(
+        lambda d: (
+            abs(
+                d.execute_script("return document.getElementById('media').currentTime") - w["start"]
+            )
+            < 0.3
+        )
+    )
+    now = browser.execute_script("return document.getElementById('media').currentTime")
+    assert abs(now - w["start"]) < 0.3
+    # the word is highlighted; clicking another word seeks there
+    spans = browser.find_elements(By.CSS_SELECTOR, "#transcript .w")
+    assert len(spans) == sum(len(s["words"]) for s in t["segments"])
+    target = spans[-1]
+    browser.execute_script("arguments[0].scrollIntoView()", target)
+    target.click()
+    end = float(target.get_attribute("data-s"))
+    wait.until(
+        lambda d: (
+            abs(d.execute_script("return document.getElementById('media').currentTime") - end) < 0.5
+        )
+    )
+    browser.execute_script("document.getElementById('media').pause()")
+    # correct the first segment's first word
+    seg = browser.find_element(By.CSS_SELECTOR, "#transcript .seg")
+    browser.execute_script(
+        "arguments[0].querySelector('button.edit').style.visibility='visible'", seg
+    )
+    seg.find_element(By.CSS_SELECTOR, "button.edit").click()
+    text = seg.find_element(By.CSS_SELECTOR, ".text")
+    browser.execute_script(
+        "arguments[0].textContent = 'Quillwort ' + arguments[0].textContent", text
+    )
+    seg.find_element(By.CSS_SELECTOR, "button.edit").click()
+    wait.until(lambda d: "revision 1" in d.find_element(By.ID, "message").text)
+    browser.save_screenshot(str(tmp_path / "transcript.png"))
+    browser.refresh()
+    first = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#transcript .seg .w")))
+    assert first.text.strip() == "Quillwort"
+    assert "Quillwort" in webvtt.read(str(out / f"{key}.vtt"))[0].text
+    assert browser.find_element(By.ID, "revision").text == "1"
