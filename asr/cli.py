@@ -208,6 +208,20 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
+def _publish_arguments(p: argparse.ArgumentParser) -> None:
+    from asr.workbench.publish import PublishOptions
+
+    p.add_argument("out_dir", type=Path, help="a transcripts folder (OUT_DIR of asr transcribe)")
+    p.add_argument("--out", type=Path, required=True, help="where to write iiif/, vtt/, ohms/")
+    p.add_argument(
+        "--base-url",
+        required=True,
+        help="the URL at which --out will be served, e.g. https://archive.example.org/asr",
+    )
+    add_options(p, PublishOptions, skip=("base_url",))
+    _common(p)
+
+
 def _manifest_arguments(p: argparse.ArgumentParser) -> None:
     msub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     v = msub.add_parser("validate", help="check every line; report file, line and field")
@@ -369,6 +383,20 @@ def _parser() -> argparse.ArgumentParser:
   0  stopped (Ctrl-C)
   1  could not start (no such folder, port in use, the [serve] extra missing)
 """,
+        formatter_class=_Help,
+    )
+    sub.add_parser(
+        "publish",
+        arguments=_publish_arguments,
+        help="IIIF manifests and OHMS files of the transcripts, for public players",
+        description="Write OUT/iiif/collection.json and an IIIF Presentation 3 Manifest per "
+        "transcript (OUT/iiif/KEY.json: a Canvas of the recording's duration, the recording as "
+        "its painting annotation, the WebVTT transcript in OUT/vtt/ as a supplementing "
+        "annotation, catalogue metadata and rights), and an OHMS XML file per transcript "
+        "(OUT/ohms/KEY.xml, with the new-style vtt_transcript and speakers as voice spans). "
+        "Corrected transcripts are published as last corrected. The recordings are not copied: "
+        "serve them at MEDIA_URL/KEY.EXT.",
+        epilog=EPILOG.replace("(only with --strict where the subcommand has it)", "(not used)"),
         formatter_class=_Help,
     )
     sub.add_parser(
@@ -696,6 +724,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from asr.workbench.publish import PublishOptions, publish
+
+    opts = options_from_args(PublishOptions, args)
+    r = publish(args.out_dir, args.out, opts)
+    for key, why in r.skipped:
+        log.info("left out: %s (%s)", key, why)
+    log.info(
+        "publish: %d transcript(s) as %s -> %s; %d left out",
+        r.written,
+        ", ".join(opts.to),
+        args.out,
+        len(r.skipped),
+    )
+    return EXIT_OK
+
+
 COMMANDS = {
     "ingest": cmd_ingest,
     "diarize": cmd_diarize,
@@ -708,6 +753,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "manifest": cmd_manifest,
     "serve": cmd_serve,
+    "publish": cmd_publish,
 }
 
 

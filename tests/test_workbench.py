@@ -495,3 +495,81 @@ def test_in_a_browser_a_hit_plays_at_its_word_and_a_correction_persists(server, 
     assert first.text.strip() == "Quillwort"
     assert "Quillwort" in webvtt.read(str(out / f"{key}.vtt"))[0].text
     assert browser.find_element(By.ID, "revision").text == "1"
+
+
+def test_publish_writes_valid_iiif_and_ohms_with_speakers(out_dir, tmp_path):
+    from iiif_prezi3 import Collection, Manifest
+
+    from asr.outputs import Transcript, write_outputs
+    from asr.workbench.publish import OHMS_NS, PublishOptions, publish
+
+    # one transcript diarized (as `asr transcribe --diarize --speaker-names catalogue` writes it)
+    key, t, _ = _a_word(out_dir)
+    tr = Transcript.from_dict(t)
+    names = ["Ann Interviewer", "Bo Narrator"]
+    for i, s in enumerate(tr.segments):
+        s.speaker = names[i % 2]
+        for w in s.words:
+            w.speaker = s.speaker
+    tr.speakers = names[: min(2, len(tr.segments))]
+    tr.metadata["speakers"] = names
+    write_outputs(tr, out_dir / key, FORMATS)
+
+    dest = tmp_path / "pub"
+    opts = PublishOptions(base_url="https://archive.example.org/asr/")
+    r = publish(out_dir, dest, opts)
+    assert r.written == 5 and not r.skipped
+    transcripts = _transcripts(out_dir)
+    coll = json.loads((dest / "iiif" / "collection.json").read_text())
+    Collection.model_validate(coll)
+    assert coll["id"] == "https://archive.example.org/asr/iiif/collection.json"
+    assert len(coll["items"]) == 5
+    for item in coll["items"]:
+        k = item["id"].rsplit("/", 1)[1][: -len(".json")]
+        m = json.loads((dest / "iiif" / f"{k}.json").read_text())
+        Manifest.model_validate(m)
+        assert m["id"] == item["id"] and m["type"] == "Manifest"
+        canvas = m["items"][0]
+        assert canvas["type"] == "Canvas"
+        assert abs(canvas["duration"] - transcripts[k]["duration"]) < 0.01
+        paint = canvas["items"][0]["items"][0]
+        assert paint["motivation"] == "painting" and paint["target"] == canvas["id"]
+        assert paint["body"]["type"] == "Sound" and paint["body"]["id"].startswith(
+            f"https://archive.example.org/asr/media/{k}."
+        )
+        caption = canvas["annotations"][0]["items"][0]
+        assert caption["motivation"] == "supplementing" and caption["target"] == canvas["id"]
+        body = caption["body"]
+        assert body["format"] == "text/vtt" and body["language"] == "en"
+        assert body["id"] == f"https://archive.example.org/asr/vtt/{k}.vtt"
+        cues = webvtt.read(str(dest / "vtt" / f"{k}.vtt"))
+        assert " ".join(c.text.replace("\n", " ") for c in cues) == transcripts[k]["text"]
+        title = transcripts[k]["metadata"]["title"]
+        assert m["label"] == {"en": [title]}
+        assert m["requiredStatement"]["value"] == {"none": ["public domain"]}
+    # OHMS: catalogue fields, media, and the WebVTT with the speakers as voice spans
+    ns = {"o": OHMS_NS}
+    doc = etree.parse(str(dest / "ohms" / f"{key}.xml"))
+    rec = doc.find("o:record", ns)
+    assert rec.findtext("o:title", namespaces=ns) == t["metadata"]["title"]
+    assert rec.find("o:date", ns).get("value") == t["metadata"]["date"]
+    assert rec.findtext("o:interviewer", namespaces=ns) == "Ann Interviewer"
+    assert rec.findtext("o:interviewee", namespaces=ns) == "Bo Narrator"
+    assert rec.findtext("o:media_url", namespaces=ns).startswith("https://archive.example.org/")
+    h, m_, s = rec.findtext("o:duration", namespaces=ns).split(":")
+    assert abs(int(h) * 3600 + int(m_) * 60 + int(s) - t["duration"]) <= 1
+    vtt = tmp_path / "ohms.vtt"
+    vtt.write_text(rec.findtext("o:vtt_transcript", namespaces=ns))
+    cues = webvtt.read(str(vtt))
+    assert len(cues) == len([s for s in t["segments"] if s["text"].strip()])
+    assert cues[0].voice == "Ann Interviewer"
+    # only reviewed transcripts, when asked
+    client = TestClient(create_app(out_dir))
+    r = client.post(
+        f"/api/transcripts/{key}/review", json={"base_revision": 0, "state": "reviewed"}
+    )
+    assert r.status_code == 200
+    shutil.rmtree(dest)
+    r = publish(out_dir, dest, PublishOptions(base_url="https://x.org", min_review="reviewed"))
+    assert r.written == 1 and len(r.skipped) == 4
+    assert [p.stem for p in (dest / "ohms").glob("*.xml")] == [key]
