@@ -338,6 +338,7 @@ def main() -> None:
     ap.add_argument("--screenshot", type=Path, help="only save the README's screenshot here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     if args.screenshot:
         screenshot(args.screenshot, args.work)

@@ -328,6 +328,39 @@ def test_accents_and_case_fold_in_search_and_speakers_are_named(out_dir):
     ]
 
 
+def test_transcript_markup_is_text_everywhere(out_dir):
+    client = TestClient(create_app(out_dir))
+    key, t, _ = _a_word(out_dir)
+    evil = 'Tom said <img src=x onerror="alert(1)"> & <b>left</b>'
+    r = client.post(
+        f"/api/transcripts/{key}/segments/{t['segments'][0]['id']}",
+        json={"base_revision": 0, "text": evil},
+    )
+    assert r.status_code == 200
+    page = client.get(f"/r/{key}").text
+    assert "<img" not in page and "&lt;img" in page and "<b>left" not in page
+    hits = client.get("/search", params={"q": "onerror"}).text
+    assert "<img" not in hits and "&lt;img" in hits
+    cue = webvtt.read(str(out_dir / f"{key}.vtt"))[0].text  # WebVTT's own escapes
+    assert cue.startswith("Tom said &lt;img") and "<" not in cue
+    etree.parse(str(out_dir / f"{key}.tei.xml"))  # still well-formed
+
+
+def test_serve_needs_a_token_beyond_this_machine(collection, monkeypatch):
+    import asr.workbench.app
+    from asr import cli
+
+    calls = []
+    monkeypatch.setattr(asr.workbench.app, "serve", lambda *a: calls.append(a))
+    assert cli.main(["serve", str(collection)]) == 0
+    assert calls[-1] == (collection, "127.0.0.1", 8080, None)
+    assert cli.main(["serve", str(collection), "--host", "0.0.0.0", "--port", "9000"]) == 0
+    _, host, port, token = calls[-1]
+    assert (host, port) == ("0.0.0.0", 9000) and token and len(token) >= 24
+    assert cli.main(["serve", str(collection), "--host", "0.0.0.0", "--token", "abc"]) == 0
+    assert calls[-1][3] == "abc"
+
+
 def test_review_queue_puts_the_least_confident_first(out_dir):
     client = TestClient(create_app(out_dir))
     queue = client.get("/api/review", params={"limit": 1000}).json()["segments"]
@@ -352,20 +385,38 @@ def test_review_queue_puts_the_least_confident_first(out_dir):
 
 
 def test_the_index_follows_a_folder_that_is_still_being_written(out_dir):
-    app = create_app(out_dir)
-    app.state.index.refresh_every = 0.0
-    client = TestClient(app)
+    """A watcher thread keeps the index in step: a transcript that leaves the folder stops
+    being found, one that arrives (as a run renames it into place) is found, with no restart."""
     key, t, w = _a_word(out_dir)
     word = w["word"].strip(" ,.")
-    moved = out_dir.parent / "later.json"
-    shutil.move(out_dir / f"{key}.json", moved)
-    assert not [
-        h for h in client.get("/api/search", params={"q": word}).json()["hits"] if h["key"] == key
-    ]
-    shutil.move(moved, out_dir / f"{key}.json")  # the run writes it
-    assert [
-        h for h in client.get("/api/search", params={"q": word}).json()["hits"] if h["key"] == key
-    ]
+    with TestClient(create_app(out_dir, refresh_every=0.1)) as client:
+
+        def found() -> bool:
+            hits = client.get("/api/search", params={"q": word}).json()["hits"]
+            return any(h["key"] == key for h in hits)
+
+        def soon(want: bool) -> bool:
+            deadline = time.time() + 10
+            while found() != want and time.time() < deadline:
+                time.sleep(0.05)
+            return found() == want
+
+        assert found()
+        moved = out_dir.parent / "later.json"
+        shutil.move(out_dir / f"{key}.json", moved)
+        assert soon(False)
+        shutil.move(moved, out_dir / f"{key}.json")  # the run writes it
+        assert soon(True)
+        new = out_dir / "late" / "arrival.json"
+        new.parent.mkdir()
+        d = dict(t, recording_id="late arrival")
+        new.write_text(json.dumps(d))
+        deadline = time.time() + 10
+        while time.time() < deadline and not any(
+            r["key"] == "late/arrival" for r in client.get("/api/recordings").json()["recordings"]
+        ):
+            time.sleep(0.05)
+        assert client.get("/r/late/arrival").status_code == 200
 
 
 def test_a_token_guards_every_request(collection):
@@ -477,6 +528,10 @@ def test_in_a_browser_a_hit_plays_at_its_word_and_a_correction_persists(server, 
         )
     )
     browser.execute_script("document.getElementById('media').pause()")
+    # the word being played is the one highlighted
+    browser.execute_script(f"document.getElementById('media').currentTime = {w['start'] + 0.01}")
+    now = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#transcript .w.now")))
+    assert abs(float(now.get_attribute("data-s")) - w["start"]) < 1e-3
     # correct the first segment's first word
     seg = browser.find_element(By.CSS_SELECTOR, "#transcript .seg")
     browser.execute_script(

@@ -8,6 +8,7 @@ found under OUT_DIR, and recordings named in its job database.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hmac
 import logging
@@ -15,7 +16,7 @@ import math
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from markupsafe import Markup, escape
 from starlette.applications import Starlette
@@ -35,6 +36,8 @@ from asr.workbench.media import MediaError, kind, playable
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 TOKEN_COOKIE = "asr_token"
+PAGE = 200
+"""Recordings per page of the collection."""
 
 
 def _time(seconds: float | None) -> str:
@@ -93,13 +96,17 @@ class TokenMiddleware(BaseHTTPMiddleware):
         return response
 
 
-def create_app(out_dir: str | Path, token: str | None = None) -> Starlette:
-    """The workbench application over OUT_DIR (token: required on every request when given)."""
+def create_app(
+    out_dir: str | Path, token: str | None = None, refresh_every: float = 2.0
+) -> Starlette:
+    """The workbench application over OUT_DIR (token: required on every request when given;
+    the index follows the folder every `refresh_every` seconds)."""
     out_dir = Path(out_dir).resolve()
     if not out_dir.is_dir():
         raise FileNotFoundError(f"{out_dir}: no such transcripts folder")
     index = Index(out_dir)
     index.refresh(force=True)
+    stop_watching = index.watch(refresh_every)
     store = RevisionStore(out_dir)
     edit_lock = threading.Lock()  # one correction at a time: revisions and files in step
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -118,16 +125,24 @@ def create_app(out_dir: str | Path, token: str | None = None) -> Starlette:
     async def collection(request: Request):
         q = request.query_params
         sort, desc = q.get("sort", "title"), q.get("desc") == "1"
-        rows = index.recordings(_filters(request), sort, desc)
+        first = _int(q.get("offset"), 0, 0, 10**9)
+        f = _filters(request)
+        rows = index.recordings(f, sort, desc, PAGE, first)
+        total, seconds = index.totals(f)
+        keep = {k: v for k, v in q.items() if k != "offset"}
         return page(
             request,
             "collection.html",
             rows=rows,
             facets=index.facets(),
-            f=_filters(request),
+            f=f,
             sort=sort,
             desc=desc,
-            total_hours=sum(r["duration"] or 0 for r in rows) / 3600,
+            total=total,
+            total_hours=seconds / 3600,
+            first=first,
+            prev=urlencode({**keep, "offset": max(first - PAGE, 0)}) if first else None,
+            next=urlencode({**keep, "offset": first + PAGE}) if first + PAGE < total else None,
         )
 
     def _search(request: Request) -> tuple[str, list[dict]]:
@@ -275,7 +290,12 @@ def create_app(out_dir: str | Path, token: str | None = None) -> Starlette:
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     middleware = [Middleware(TokenMiddleware, token=token)] if token else []
-    app = Starlette(routes=routes, middleware=middleware)
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        stop_watching.set()
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.index = index
     app.state.store = store
     return app

@@ -60,6 +60,11 @@ SORTS = {
     "language": "language",
     "status": "status",
 }
+BATCH = 200
+"""Transcripts read per index transaction."""
+RANKED = 5000
+"""Searches matching more segments than this come in index order, not ranked: ranking all of
+a word said every few seconds (100,000s of segments) takes seconds and tells nothing."""
 MARK = ("\x02", "\x03")  # snippet highlight markers: no transcript holds them (escaped later)
 
 
@@ -97,6 +102,14 @@ def fold(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
+def mark(text: str, terms: set[str]) -> str:
+    """text with each word that folds to one of terms between MARK characters."""
+    return "".join(
+        f"{MARK[0]}{piece}{MARK[1]}" if piece and fold(piece) in terms else piece
+        for piece in re.split(r"(\w+)", text)
+    )
+
+
 def fts_query(q: str) -> str:
     """A user's search as an FTS5 query: "quoted phrases" and words, all required; every term
     quoted, so FTS5's operators and syntax in the input are only text."""
@@ -122,6 +135,8 @@ class Index:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         self.lock = threading.RLock()
+        self._refreshing = threading.Lock()
+        self._watching = False
         self.refresh_every = refresh_every
         self._last = 0.0
 
@@ -181,120 +196,162 @@ class Index:
 
     def refresh(self, force: bool = False) -> int:
         """Read transcripts that are new or changed since the last look, drop those gone;
-        returns how many were read. At most every `refresh_every` seconds unless forced."""
-        with self.lock:
-            now = time.monotonic()
-            if not force and now - self._last < self.refresh_every:
-                return 0
-            self._last = now
+        returns how many were read. At most every `refresh_every` seconds unless forced. The
+        folder is scanned and the files read without holding the index: searches go on."""
+        now = time.monotonic()
+        if not force and now - self._last < self.refresh_every:
+            return 0
+        self._last = now
+        with self._refreshing:  # one refresh at a time
             files = self._transcripts()
             jobs = self._jobs()
-            known = {
-                k: (m, s, st)
-                for k, m, s, st in self.db.execute(
-                    "SELECT key, mtime_ns, size, status FROM recordings"
-                )
-            }
+            with self.lock:
+                known = {
+                    k: (m, s, st)
+                    for k, m, s, st in self.db.execute(
+                        "SELECT key, mtime_ns, size, status FROM recordings"
+                    )
+                }
+            changed = [
+                key
+                for key, st in files.items()
+                if known.get(key, (None, None, None))[:2] != (st.st_mtime_ns, st.st_size)
+            ]
             n = 0
-            with self.db:
+            # in batches: memory stays that of a batch, and searches go on in between
+            for i in range(0, len(changed), BATCH):
+                parsed = [
+                    (key, self._parse(key, files[key], jobs.get(key, ("done", None))[0]))
+                    for key in changed[i : i + BATCH]
+                ]
+                with self.lock, self.db:
+                    for key, rows in parsed:
+                        if rows is not None:
+                            self._store(key, *rows)
+                            n += 1
+            with self.lock, self.db:
                 for key in set(known) - set(files) - set(jobs):
                     self._drop(key)
-                for key, st in files.items():
+                for key in set(files) - set(changed):
                     status = jobs.get(key, ("done", None))[0]
-                    if known.get(key, (None, None, None))[:2] == (st.st_mtime_ns, st.st_size):
-                        if known[key][2] != status:
-                            self.db.execute(
-                                "UPDATE recordings SET status=? WHERE key=?", (status, key)
-                            )
-                        continue
-                    if self._read(key, st, status):
-                        n += 1
+                    if known[key][2] != status:
+                        self.db.execute("UPDATE recordings SET status=? WHERE key=?", (status, key))
                 for key, (status, error) in jobs.items():  # not transcribed (yet): listed too
-                    if key not in files:
-                        self._drop(key)
-                        self.db.execute(
-                            "INSERT INTO recordings (key, recording_id, status, error) "
-                            "VALUES (?, ?, ?, ?)",
-                            (key, key, status, error),
-                        )
+                    before = known.get(key)
+                    if key in files or (before and before[0] is None and before[2] == status):
+                        continue  # its transcript is indexed, or its row is as it was
+                    self._drop(key)
+                    self.db.execute(
+                        "INSERT INTO recordings (key, recording_id, status, error) "
+                        "VALUES (?, ?, ?, ?)",
+                        (key, key, status, error),
+                    )
             return n
+
+    def _fresh(self) -> None:
+        """Before an answer: refresh here, unless a watcher thread does it."""
+        if not self._watching:
+            self.refresh()
+
+    def watch(self, interval: float = 2.0) -> threading.Event:
+        """Refresh every `interval` seconds in a daemon thread (a folder a run is still
+        writing); set the returned event to stop it."""
+        stop = threading.Event()
+        self._watching = True
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.refresh(force=True)
+                except (OSError, sqlite3.Error) as e:  # a file mid-rename, a locked job db
+                    log.warning("index refresh: %s", e)
+
+        threading.Thread(target=loop, name="index-refresh", daemon=True).start()
+        return stop
 
     def _drop(self, key: str) -> None:
         self.db.execute("DELETE FROM segments WHERE key=?", (key,))
         self.db.execute("DELETE FROM recordings WHERE key=?", (key,))
 
-    def _read(self, key: str, st: os.stat_result, status: str) -> bool:
+    def _parse(self, key: str, st: os.stat_result, status: str):
+        """The rows of one transcript file (None: not a transcript)."""
         path = self.out_dir / (key + EXTENSIONS["json"])
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
             segments = d["segments"]
             recording_id = d["recording_id"]
+            meta = d.get("metadata") or {}
+            review = d.get("review") or {}
+            probs, rows = [], []
+            for s in segments:
+                words = s.get("words") or []
+                p = [float(w.get("probability", 0.0)) for w in words]
+                probs += p
+                rows.append(
+                    (
+                        key,
+                        int(s.get("id", len(rows))),
+                        float(s["start"]),
+                        float(s["end"]),
+                        (s.get("text") or "").strip(),
+                        s.get("speaker"),
+                        sum(p) / len(p) if p else None,
+                        json.dumps([[w["start"], w["end"], w["word"]] for w in words]),
+                    )
+                )
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.debug("%s: not a transcript (%s)", path, e)
-            return False
-        meta = d.get("metadata") or {}
-        review = d.get("review") or {}
+            return None
+        recording = (
+            key,
+            recording_id,
+            _str(meta.get("title")),
+            _str(meta.get("date")),
+            _str(meta.get("collection")),
+            d.get("language"),
+            _str(meta.get("rights")),
+            float(d.get("duration") or 0.0),
+            status,
+            sum(probs) / len(probs) if probs else None,
+            json.dumps(d.get("speakers") or []),
+            review.get("state", "machine"),
+            int(review.get("revision", 0)),
+            len(probs),
+            None,
+            st.st_mtime_ns,
+            st.st_size,
+        )
+        return recording, rows
+
+    def _store(self, key: str, recording: tuple, rows: list[tuple]) -> None:
         self._drop(key)
-        probs, rows = [], []
-        for s in segments:
-            words = s.get("words") or []
-            p = [float(w.get("probability", 0.0)) for w in words]
-            probs += p
-            rows.append(
-                (
-                    key,
-                    int(s.get("id", len(rows))),
-                    float(s["start"]),
-                    float(s["end"]),
-                    (s.get("text") or "").strip(),
-                    s.get("speaker"),
-                    sum(p) / len(p) if p else None,
-                    json.dumps([[w["start"], w["end"], w["word"]] for w in words]),
-                )
-            )
-        speakers = d.get("speakers") or []
         self.db.execute(
-            "INSERT INTO recordings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                key,
-                recording_id,
-                _str(meta.get("title")),
-                _str(meta.get("date")),
-                _str(meta.get("collection")),
-                d.get("language"),
-                _str(meta.get("rights")),
-                float(d.get("duration") or 0.0),
-                status,
-                sum(probs) / len(probs) if probs else None,
-                json.dumps(speakers),
-                review.get("state", "machine"),
-                int(review.get("revision", 0)),
-                len(probs),
-                None,
-                st.st_mtime_ns,
-                st.st_size,
-            ),
+            "INSERT INTO recordings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", recording
         )
         self.db.executemany(
             'INSERT INTO segments (key, seg, start, "end", text, speaker, confidence, words) '
             "VALUES (?,?,?,?,?,?,?,?)",
             rows,
         )
-        return True
 
     # -- asking -------------------------------------------------------------------------------
 
-    def recordings(self, filters: Filters | None = None, sort: str = "title", desc=False):
-        """The collection: one dict per recording, filtered and sorted."""
-        self.refresh()
-        where, args = (filters or Filters()).where()
-        if filters and filters.speaker:
-            where += " AND EXISTS (SELECT 1 FROM segments s WHERE s.key = r.key AND s.speaker = ?)"
-            args.append(filters.speaker)
-        order = SORTS.get(sort, SORTS["title"]) + (" DESC" if desc else "")
+    def recordings(
+        self,
+        filters: Filters | None = None,
+        sort: str = "title",
+        desc: bool = False,
+        limit: int = -1,
+        offset: int = 0,
+    ) -> list[dict]:
+        """The collection: one dict per recording, filtered and sorted (limit -1: all)."""
+        self._fresh()
+        where, args = self._where(filters)
+        order = SORTS.get(sort, SORTS["title"]) + (" DESC" if desc else "") + ", key"
         with self.lock:
             cur = self.db.execute(
-                f"SELECT * FROM recordings r WHERE {where} ORDER BY {order}", args
+                f"SELECT * FROM recordings r WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+                [*args, limit, offset],
             )
             names = [c[0] for c in cur.description]
             out = [dict(zip(names, row)) for row in cur]
@@ -302,8 +359,25 @@ class Index:
             r["speakers"] = json.loads(r["speakers"] or "[]")
         return out
 
+    def totals(self, filters: Filters | None = None) -> tuple[int, float]:
+        """How many recordings and seconds of audio the filters keep."""
+        where, args = self._where(filters)
+        with self.lock:
+            n, seconds = self.db.execute(
+                f"SELECT count(*), coalesce(sum(duration), 0) FROM recordings r WHERE {where}",
+                args,
+            ).fetchone()
+        return n, seconds
+
+    def _where(self, filters: Filters | None) -> tuple[str, list]:
+        where, args = (filters or Filters()).where()
+        if filters and filters.speaker:
+            where += " AND EXISTS (SELECT 1 FROM segments s WHERE s.key = r.key AND s.speaker = ?)"
+            args.append(filters.speaker)
+        return where, args
+
     def recording(self, key: str) -> dict | None:
-        self.refresh()
+        self._fresh()
         with self.lock:
             cur = self.db.execute("SELECT * FROM recordings WHERE key=?", (key,))
             row = cur.fetchone()
@@ -315,7 +389,7 @@ class Index:
 
     def facets(self) -> dict[str, list[str]]:
         """The values to filter by: collections, languages, speakers, statuses."""
-        self.refresh()
+        self._fresh()
         with self.lock:
             out = {
                 c: [
@@ -337,9 +411,10 @@ class Index:
 
     def search(self, q: str, filters: Filters | None = None, limit: int = 50, offset: int = 0):
         """Segments that hold every word and phrase of q (case and accents folded), best
-        first; each hit with its recording, time (the first matching word's), and a snippet
-        whose matches are between MARK characters."""
-        self.refresh()
+        first (BM25) when there are at most RANKED of them, else in the index's order (a word
+        in every other segment has no best); each hit with its recording, time (the first
+        matching word's), and its text with the matches between MARK characters."""
+        self._fresh()
         match = fts_query(q)
         if not match:
             return []
@@ -347,18 +422,24 @@ class Index:
         if filters and filters.speaker:
             where += " AND s.speaker = ?"
             args.append(filters.speaker)
-        sql = (
-            'SELECT s.key, s.seg, s.start, s."end", s.text, s.speaker, s.words, r.recording_id, '
-            f"r.title, snippet(segments_fts, 0, '{MARK[0]}', '{MARK[1]}', '…', 24) "
-            "FROM segments_fts JOIN segments s ON s.id = segments_fts.rowid "
-            "JOIN recordings r ON r.key = s.key "
-            f"WHERE segments_fts MATCH ? AND {where} ORDER BY rank LIMIT ? OFFSET ?"
-        )
         with self.lock:
+            (many,) = self.db.execute(
+                "SELECT count(*) > ? FROM (SELECT 1 FROM segments_fts WHERE segments_fts "
+                "MATCH ? LIMIT ?)",
+                (RANKED, match, RANKED + 1),
+            ).fetchone()
+            order = "" if many else "ORDER BY rank"
+            sql = (
+                'SELECT s.key, s.seg, s.start, s."end", s.text, s.speaker, s.words, '
+                "r.recording_id, r.title FROM segments_fts "
+                "JOIN segments s ON s.id = segments_fts.rowid JOIN recordings r ON r.key = s.key "
+                f"WHERE segments_fts MATCH ? AND {where} {order} LIMIT ? OFFSET ?"
+            )
             rows = self.db.execute(sql, [match, *args, limit, offset]).fetchall()
+        terms = {fold(t) for t in re.findall(r"\w+", q)}
         first = [fold(t) for t in re.findall(r"\w+", q)][:1]
         hits = []
-        for key, seg, start, end, text, speaker, words, rid, title, snippet in rows:
+        for key, seg, start, end, text, speaker, words, rid, title in rows:
             at = start
             for ws, _, w in json.loads(words or "[]"):
                 if first and fold(w).strip(" .,;:!?\"'()").startswith(first[0]):
@@ -375,7 +456,7 @@ class Index:
                     segment_start=start,
                     text=text,
                     speaker=speaker,
-                    snippet=snippet,
+                    snippet=mark(text, terms),
                 )
             )
         return hits
@@ -383,7 +464,7 @@ class Index:
     def review_queue(self, filters: Filters | None = None, limit: int = 50, offset: int = 0):
         """Segments with words, least confident first (those a person already corrected, all
         of whose words are certain, come last)."""
-        self.refresh()
+        self._fresh()
         where, args = (filters or Filters()).where()
         sql = (
             'SELECT s.key, s.seg, s.start, s."end", s.text, s.speaker, s.confidence, '
