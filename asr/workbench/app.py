@@ -290,6 +290,7 @@ def create_app(
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     middleware = [Middleware(TokenMiddleware, token=token)] if token else []
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
