@@ -223,6 +223,48 @@ def test_media_is_served_with_ranges_and_nothing_else(collection, tmp_path):
         assert b"root:" not in r.content and b"SQLite" not in r.content
 
 
+def _webm(src: Path, dst: Path) -> None:
+    """A WebM video (VP8, 2 frames a second, and src's speech in Opus)."""
+    audio = (load(src) * 32767).astype(np.int16)
+    with av.open(str(dst), "w", format="webm") as out:
+        video = out.add_stream("libvpx", rate=2)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        sound = out.add_stream("libopus", rate=48000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(audio[None, :], format="s16", layout="mono")
+        frame.sample_rate = 16000
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
+        for f in [*resampler.resample(frame), *resampler.resample(None)]:
+            out.mux(sound.encode(f))
+        out.mux(sound.encode(None))
+        for i in range(int(len(audio) / 16000 * 2)):
+            img = np.full((48, 64, 3), (i * 20) % 255, np.uint8)
+            out.mux(video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(video.encode(None))
+
+
+def test_a_video_plays_in_a_video_element_and_a_failed_recording_is_listed(realspeech, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    _webm(realspeech / "ljspeech_coqui/LJ001-0001.wav", src / "talk.webm")
+    (src / "broken.mp3").write_bytes(b"ID3" + bytes(range(256)) * 8)
+    out = tmp_path / "out"
+    r = transcribe([src], out, TranscribeOptions(formats=("json",), progress=False))
+    assert (r.done, r.failed) == (1, 1)
+    client = TestClient(create_app(out))
+    page = client.get("/r/talk").text
+    assert '<video id="media"' in page and "<audio" not in page
+    media = client.get("/media/talk", headers={"Range": "bytes=0-9"})
+    assert media.status_code == 206 and media.headers["content-type"] == "video/webm"
+    rows = {x["key"]: x for x in client.get("/api/recordings").json()["recordings"]}
+    assert rows["talk"]["status"] == "done" and rows["broken"]["status"] == "failed"
+    assert rows["broken"]["error"] and "broken" not in [
+        h["key"] for h in client.get("/api/review").json()["segments"]
+    ]
+    missing = client.get("/r/broken")
+    assert missing.status_code == 200 and "No transcript yet" in missing.text
+    assert "failed" in client.get("/", params={"status": "failed"}).text
+
+
 def test_a_correction_is_a_revision_rewrites_every_format_and_survives_a_rerun(collection, out_dir):
     client = TestClient(create_app(out_dir))
     key, t, _ = _a_word(out_dir)
