@@ -54,10 +54,12 @@ class DecodeOptions:
     before it in the process: the same recording gave different words run to run and alone or
     in a batch (6 of 236 utterances of benchmarks/nightly.yaml's multilingual set with base,
     WER 27.6-28.1% over four runs). A beam search that penalises repeated tokens breaks the
-    same loops and is reproducible: 27.3% there (no fallback: 28.4%; penalty 1.2 as 1.5, 2.0:
-    27.7%)."""
-    fallback_penalty: float = 1.5
-    """The repetition penalty of the `penalty` fallback."""
+    same loops and is reproducible: 27.3% there (no fallback: 28.4%; penalty 1.2 and 1.5 alike,
+    2.0: 27.7%)."""
+    fallback_penalty: float = 1.2
+    """The repetition penalty of the `penalty` fallback: the mildest that broke the loops as
+    well (ctranslate2 penalises every token already written, punctuation too, so a stronger one
+    writes text without commas and full stops)."""
     compression_ratio_threshold: float = 2.4
     log_prob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
