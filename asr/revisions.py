@@ -1,9 +1,10 @@
 """Corrected transcripts: every edit a numbered revision, the machine's transcript kept as 0.
 
-`asr serve` saves an archivist's corrections here (OUT_DIR/.workbench/revisions.sqlite) and
-writes the transcript's files again from the latest revision; `asr transcribe` reads it to
-never overwrite a corrected transcript. Edits are checked against the revision they started
-from, so two people correcting one transcript cannot overwrite each other unknowingly.
+`asr serve` saves an archivist's corrections here (OUT_DIR/revisions.sqlite, beside the job
+database: not a cache, back it up) and writes the transcript's files again from the latest
+revision; `asr transcribe` never overwrites a corrected transcript (one with revisions here, or
+whose JSON carries a review record). Edits are checked against the version they started from,
+so two people correcting one transcript cannot overwrite each other unknowingly.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import re
 import sqlite3
 import time
+from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -20,7 +22,6 @@ from pathlib import Path
 from asr.outputs import EXTENSIONS, Transcript, TranscriptSegment, Word, write_outputs
 from asr.textnorm import map_words
 
-WORKBENCH_DIR = ".workbench"
 DB_NAME = "revisions.sqlite"
 STATES = ("machine", "partly reviewed", "reviewed")
 """A transcript's review state, as AAPB's human_review_level: untouched, some of it corrected
@@ -57,16 +58,38 @@ class Revision:
 
 
 def db_path(out_dir: str | Path) -> Path:
-    return Path(out_dir) / WORKBENCH_DIR / DB_NAME
+    return Path(out_dir) / DB_NAME
 
 
-def corrected_keys(out_dir: str | Path) -> set[str]:
-    """Transcripts of OUT_DIR with at least one correction (none when nothing was ever saved)."""
+def corrected_keys(out_dir: str | Path, keys: Iterable[str] | None = None) -> set[str]:
+    """Transcripts of OUT_DIR with corrections: revisions in its database, or (for `keys`,
+    whose JSON files are read) a review record in the transcript itself, so that a lost or
+    moved database still protects them."""
+    out_dir = Path(out_dir)
+    found: set[str] = set()
     path = db_path(out_dir)
-    if not path.is_file():
-        return set()
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        return {r[0] for r in db.execute("SELECT DISTINCT key FROM revisions WHERE revision > 0")}
+    if path.is_file():
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            found = {
+                r[0] for r in db.execute("SELECT DISTINCT key FROM revisions WHERE revision > 0")
+            }
+    for key in keys or ():
+        if key in found:
+            continue
+        try:
+            with open(out_dir / (key + EXTENSIONS["json"]), encoding="utf-8") as f:
+                if json.load(f).get("review"):
+                    found.add(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+    return found
+
+
+def file_version(out_dir: str | Path, key: str) -> str:
+    """The version of an uncorrected transcript: its JSON file's time and size, so that an edit
+    begun on it is refused if `asr transcribe` wrote it again meanwhile."""
+    st = (Path(out_dir) / (key + EXTENSIONS["json"])).stat()
+    return f"0.{st.st_mtime_ns}.{st.st_size}"
 
 
 def _words(text: str) -> list[str]:
@@ -127,8 +150,7 @@ class RevisionStore:
 
     def __init__(self, out_dir: str | Path):
         self.out_dir = Path(out_dir)
-        path = db_path(out_dir)
-        path.parent.mkdir(exist_ok=True)
+        self.path = path = db_path(out_dir)
         # autocommit; writes take the lock up front (BEGIN IMMEDIATE) so that two edits of one
         # revision cannot both pass the check
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -166,16 +188,27 @@ class RevisionStore:
             raise KeyError(f"{key}: no revision {revision}")
         return Transcript.from_dict(json.loads(row[0]))
 
-    def save(self, key: str, base: int, edit, author: str, what: str) -> tuple[int, Transcript]:
-        """Apply edit(transcript) -> transcript to revision `base`, which must be the newest
-        (else Conflict), as a new revision; then write the transcript's files again."""
+    def version(self, key: str, revision: int) -> str:
+        """What an edit must start from: the revision's number, or for the machine's transcript
+        (revision 0, never corrected) its file's version."""
+        return str(revision) if revision else file_version(self.out_dir, key)
+
+    def save(
+        self, key: str, base: int | str, edit, author: str, what: str
+    ) -> tuple[int, Transcript]:
+        """Apply edit(transcript) -> transcript to `base` (a revision number, or the version
+        `version` gave), which must be the newest (else Conflict), as a new revision; then
+        write the transcript's files again."""
+        if not self.path.is_file():
+            raise OSError(f"{self.path}: the revisions database is gone; restart asr serve")
         self.db.execute("BEGIN IMMEDIATE")
         try:
             current, transcript = self.latest(key)
-            if current != base:
+            now_version = self.version(key, current)
+            if str(base) not in (now_version, str(current) if current else "0"):
                 raise Conflict(
                     f"{key}: this transcript was changed (revision {current}) after you opened "
-                    f"revision {base}; reload it to see the other change, then edit again"
+                    "it; reload it to see the other change, then edit again"
                 )
             now = time.time()
             if current == 0:  # the machine's transcript, kept as it was

@@ -96,6 +96,11 @@ def out_dir(collection, tmp_path) -> Path:
     return dst
 
 
+def _client(app) -> TestClient:
+    """A client as a browser on this machine sends it (Host 127.0.0.1:8080)."""
+    return TestClient(app, base_url="http://127.0.0.1:8080")
+
+
 def _transcripts(out: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
 
@@ -112,7 +117,7 @@ def _a_word(out: Path) -> tuple[str, dict, dict]:
 
 
 def test_search_finds_spoken_words_with_their_time(collection):
-    client = TestClient(create_app(collection))
+    client = _client(create_app(collection))
     key, t, w = _a_word(collection)
     word = w["word"].strip(" ,.")
     for q in (word, word.upper(), word.lower()):  # case-insensitive
@@ -139,7 +144,7 @@ def test_search_finds_spoken_words_with_their_time(collection):
 
 
 def test_search_narrows_to_a_collection_and_dates(collection):
-    client = TestClient(create_app(collection))
+    client = _client(create_app(collection))
     records = client.get("/api/recordings").json()["recordings"]
     assert len(records) == 5 and {r["collection"] for r in records} == {"radio", "oral history"}
     radio = client.get("/api/recordings", params={"collection": "radio"}).json()["recordings"]
@@ -167,7 +172,7 @@ def test_search_narrows_to_a_collection_and_dates(collection):
 
 
 def test_collection_page_escapes_catalogue_text_and_sorts(collection):
-    client = TestClient(create_app(collection))
+    client = _client(create_app(collection))
     html = client.get("/").text
     assert EVIL not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert html.count('class="rec"') == 5
@@ -182,7 +187,7 @@ def test_collection_page_escapes_catalogue_text_and_sorts(collection):
 
 
 def test_media_is_served_with_ranges_and_nothing_else(collection, tmp_path):
-    client = TestClient(create_app(collection))
+    client = _client(create_app(collection))
     records = {r["key"]: r for r in client.get("/api/recordings").json()["recordings"]}
     wav = next(k for k in records if k.endswith("0001"))
     whole = client.get(f"/media/{wav}")
@@ -204,7 +209,7 @@ def test_media_is_served_with_ranges_and_nothing_else(collection, tmp_path):
     secret.write_text(json.dumps({"recording_id": "s", "segments": [], "duration": 1}))
     (collection / "link.json").symlink_to(secret)
     try:
-        fresh = TestClient(create_app(collection))
+        fresh = _client(create_app(collection))
         assert fresh.get("/r/link").status_code == 404
         assert "link" not in {r["key"] for r in fresh.get("/api/recordings").json()["recordings"]}
     finally:
@@ -250,7 +255,7 @@ def test_a_video_plays_in_a_video_element_and_a_failed_recording_is_listed(reals
     out = tmp_path / "out"
     r = transcribe([src], out, TranscribeOptions(formats=("json",), progress=False))
     assert (r.done, r.failed) == (1, 1)
-    client = TestClient(create_app(out))
+    client = _client(create_app(out))
     page = client.get("/r/talk").text
     assert '<video id="media"' in page and "<audio" not in page
     media = client.get("/media/talk", headers={"Range": "bytes=0-9"})
@@ -266,7 +271,7 @@ def test_a_video_plays_in_a_video_element_and_a_failed_recording_is_listed(reals
 
 
 def test_a_correction_is_a_revision_rewrites_every_format_and_survives_a_rerun(collection, out_dir):
-    client = TestClient(create_app(out_dir))
+    client = _client(create_app(out_dir))
     key, t, _ = _a_word(out_dir)
     seg = t["segments"][0]
     new = "Archivists corrected this: " + seg["text"].strip()
@@ -323,7 +328,7 @@ def test_a_correction_is_a_revision_rewrites_every_format_and_survives_a_rerun(c
 
 
 def test_accents_and_case_fold_in_search_and_speakers_are_named(out_dir):
-    client = TestClient(create_app(out_dir))
+    client = _client(create_app(out_dir))
     key, t, _ = _a_word(out_dir)
     seg = t["segments"][0]
     text = "Déjà vu at the Café Ørsted in São Paulo"
@@ -344,7 +349,7 @@ def test_accents_and_case_fold_in_search_and_speakers_are_named(out_dir):
         for w in s["words"]:
             w["speaker"] = "SPEAKER_00"
     # (as asr transcribe --diarize writes it; revision 1 holds what the edit saw)
-    conn = sqlite3.connect(out_dir / ".workbench" / "revisions.sqlite")
+    conn = sqlite3.connect(out_dir / "revisions.sqlite")
     with conn:
         conn.execute(
             "UPDATE revisions SET transcript=? WHERE key=? AND revision=1", (json.dumps(d), key)
@@ -371,7 +376,7 @@ def test_accents_and_case_fold_in_search_and_speakers_are_named(out_dir):
 
 
 def test_transcript_markup_is_text_everywhere(out_dir):
-    client = TestClient(create_app(out_dir))
+    client = _client(create_app(out_dir))
     key, t, _ = _a_word(out_dir)
     evil = 'Tom said <img src=x onerror="alert(1)"> & <b>left</b>'
     r = client.post(
@@ -404,7 +409,7 @@ def test_serve_needs_a_token_beyond_this_machine(collection, monkeypatch):
 
 
 def test_review_queue_puts_the_least_confident_first(out_dir):
-    client = TestClient(create_app(out_dir))
+    client = _client(create_app(out_dir))
     queue = client.get("/api/review", params={"limit": 1000}).json()["segments"]
     n = sum(len(t["segments"]) for t in _transcripts(out_dir).values())
     assert len(queue) == n
@@ -431,7 +436,7 @@ def test_the_index_follows_a_folder_that_is_still_being_written(out_dir):
     being found, one that arrives (as a run renames it into place) is found, with no restart."""
     key, t, w = _a_word(out_dir)
     word = w["word"].strip(" ,.")
-    with TestClient(create_app(out_dir, refresh_every=0.1)) as client:
+    with _client(create_app(out_dir, refresh_every=0.1)) as client:
 
         def found() -> bool:
             hits = client.get("/api/search", params={"q": word}).json()["hits"]
@@ -462,7 +467,7 @@ def test_the_index_follows_a_folder_that_is_still_being_written(out_dir):
 
 
 def test_a_token_guards_every_request(collection):
-    client = TestClient(create_app(collection, token="s3cret"))
+    client = _client(create_app(collection, token="s3cret"))
     assert client.get("/").status_code == 401
     assert client.get("/api/search", params={"q": "the"}).status_code == 401
     assert client.get("/", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -661,7 +666,7 @@ def test_publish_writes_valid_iiif_and_ohms_with_speakers(out_dir, tmp_path):
     assert len(cues) == len([s for s in t["segments"] if s["text"].strip()])
     assert cues[0].voice == "Ann Interviewer"
     # only reviewed transcripts, when asked
-    client = TestClient(create_app(out_dir))
+    client = _client(create_app(out_dir))
     r = client.post(
         f"/api/transcripts/{key}/review", json={"base_revision": 0, "state": "reviewed"}
     )
@@ -670,3 +675,145 @@ def test_publish_writes_valid_iiif_and_ohms_with_speakers(out_dir, tmp_path):
     r = publish(out_dir, dest, PublishOptions(base_url="https://x.org", min_review="reviewed"))
     assert r.written == 1 and len(r.skipped) == 4
     assert [p.stem for p in (dest / "ohms").glob("*.xml")] == [key]
+
+
+def test_other_sites_cannot_change_or_read_through_this_machine(out_dir):
+    """Cross-site writes (a form or fetch from a page of another site) and DNS rebinding (a
+    name of another site pointing here) are refused."""
+    client = _client(create_app(out_dir))
+    key, t, _ = _a_word(out_dir)
+    url = f"/api/transcripts/{key}/segments/{t['segments'][0]['id']}"
+    body = json.dumps({"base_revision": 0, "text": "hacked"})
+    plain = client.post(url, content=body, headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 415
+    foreign = client.post(
+        url,
+        content=body,
+        headers={"Content-Type": "application/json", "Origin": "http://evil.example"},
+    )
+    assert foreign.status_code == 403
+    rebound = TestClient(create_app(out_dir), base_url="http://evil.example:8080")
+    assert rebound.get("/api/recordings").status_code == 400
+    assert "hacked" not in (out_dir / f"{key}.json").read_text()
+    same = client.post(
+        url,
+        content=body,
+        headers={"Content-Type": "application/json", "Origin": "http://127.0.0.1:8080"},
+    )
+    assert same.status_code == 200
+
+
+def test_an_edit_begun_before_a_rerun_rewrote_the_transcript_is_refused(out_dir):
+    client = _client(create_app(out_dir))
+    key, t, _ = _a_word(out_dir)
+    opened = client.get(f"/api/transcripts/{key}").json()
+    assert opened["revision"] == 0 and opened["version"].startswith("0.")
+    path = out_dir / f"{key}.json"
+    time.sleep(0.01)
+    path.write_text(path.read_text())  # asr transcribe writes it again meanwhile
+    seg = t["segments"][0]["id"]
+    r = client.post(
+        f"/api/transcripts/{key}/segments/{seg}",
+        json={"base_version": opened["version"], "text": "late"},
+    )
+    assert r.status_code == 409
+    fresh = client.get(f"/api/transcripts/{key}").json()["version"]
+    r = client.post(
+        f"/api/transcripts/{key}/segments/{seg}", json={"base_version": fresh, "text": "ok"}
+    )
+    assert r.status_code == 200 and r.json()["version"] == "1"
+
+
+def test_a_corrected_transcript_stays_protected_without_its_revisions_database(collection, out_dir):
+    client = _client(create_app(out_dir))
+    key, t, _ = _a_word(out_dir)
+    r = client.post(
+        f"/api/transcripts/{key}/segments/{t['segments'][0]['id']}",
+        json={"base_revision": 0, "text": "Kept by hand"},
+    )
+    assert r.status_code == 200
+    (out_dir / "revisions.sqlite").unlink()  # lost, moved, or never copied with the folder
+    for extra in ("-wal", "-shm"):
+        (out_dir / f"revisions.sqlite{extra}").unlink(missing_ok=True)
+    recordings = collection.parent / "manifests" / "recordings.jsonl"
+    opts = TranscribeOptions(formats=("json", "rttm"), progress=False)  # all asked again
+    res = transcribe([recordings], out_dir, opts)
+    assert res.skipped_corrected == 1 and res.done == 4
+    assert "Kept by hand" in (out_dir / f"{key}.json").read_text()
+
+
+def test_stray_files_and_decomposed_accents(out_dir):
+    (out_dir / "notes.json").write_text(
+        json.dumps({"recording_id": "x", "segments": [], "duration": "n/a"})
+    )
+    (out_dir / "list.json").write_text("[1, 2, 3]")
+    with _client(create_app(out_dir, refresh_every=0.05)) as client:
+        key, t, _ = _a_word(out_dir)
+        r = client.post(
+            f"/api/transcripts/{key}/segments/{t['segments'][0]['id']}",
+            json={"base_revision": 0, "text": "Noël at the crème brûlée stall"},
+        )
+        assert r.status_code == 200
+        import unicodedata
+
+        for q in ("crème brûlée", unicodedata.normalize("NFD", "crème brûlée"), "NOEL"):
+            hits = client.get("/api/search", params={"q": q}).json()["hits"]
+            assert [h["key"] for h in hits] == [key], q
+        html = client.get("/search", params={"q": unicodedata.normalize("NFD", "noël")}).text
+        assert "<mark>Noël</mark>" in html
+        # the watcher outlives the stray files: a new transcript still arrives
+        (out_dir / "new.json").write_text(json.dumps(dict(t, recording_id="new one")))
+        deadline = time.time() + 10
+        while time.time() < deadline and client.get("/r/new").status_code != 200:
+            time.sleep(0.05)
+        assert client.get("/r/new").status_code == 200
+        keys = {r["key"] for r in client.get("/api/recordings").json()["recordings"]}
+        assert "notes" not in keys and "list" not in keys
+
+
+def test_a_correction_saved_while_a_run_transcribes_it_is_not_overwritten(
+    collection, out_dir, monkeypatch
+):
+    """The archivist saves a recording's correction just as a rerun finishes decoding it: the
+    run keeps the person's text (checked again right before it writes)."""
+    from asr.engine import transcriber
+    from asr.revisions import RevisionStore, edit_segment
+
+    run = transcriber.Transcriber.run
+    saved = []
+
+    def run_and_correct(self, jobs):
+        for fin in run(self, jobs):
+            if not saved and fin.error is None:
+                t = json.loads((out_dir / f"{fin.key}.json").read_text())
+                store = RevisionStore(out_dir)
+                store.save(
+                    fin.key, 0, edit_segment(t["segments"][0]["id"], "Fixed by Ada"), "Ada", "x"
+                )
+                store.close()
+                saved.append(fin.key)
+            yield fin
+
+    monkeypatch.setattr(transcriber.Transcriber, "run", run_and_correct)
+    recordings = collection.parent / "manifests" / "recordings.jsonl"
+    opts = TranscribeOptions(formats=("json", "vtt", "rttm"), progress=False)
+    res = transcribe([recordings], out_dir, opts)
+    assert saved and res.skipped_corrected == 1 and res.done == 4
+    key = saved[0]
+    assert json.loads((out_dir / f"{key}.json").read_text())["text"].startswith("Fixed by Ada")
+    assert "Fixed by Ada" in (out_dir / f"{key}.vtt").read_text()
+
+
+def test_the_review_queue_narrows_to_a_speaker(out_dir):
+    from asr.outputs import Transcript, write_outputs
+
+    key, t, _ = _a_word(out_dir)
+    tr = Transcript.from_dict(t)
+    for s in tr.segments:
+        s.speaker = "ALICE"
+    tr.speakers = ["ALICE"]
+    write_outputs(tr, out_dir / key, ("json",))
+    client = _client(create_app(out_dir))
+    only = client.get("/api/review", params={"speaker": "ALICE", "limit": 1000}).json()
+    assert only["segments"] and {s["speaker"] for s in only["segments"]} == {"ALICE"}
+    assert len(only["segments"]) == len(t["segments"])

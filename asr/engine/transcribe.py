@@ -163,7 +163,7 @@ def _run_planned(
     result.skipped_done, result.skipped_failed = plan.done, plan.failed
     result.recovered = plan.recovered
     # a transcript an archivist corrected (asr serve) is never written over
-    kept = corrected_keys(out_dir) & set(plan.todo)
+    kept = corrected_keys(out_dir, plan.todo) & set(plan.todo)
     for key in sorted(kept):
         log.info("kept: %s has corrections (asr serve); it is not transcribed again", key)
     result.skipped_corrected = len(kept)
@@ -178,6 +178,13 @@ def _run_planned(
         bar = progress_bar("transcribe", len(todo), opts.progress, unit="rec")
         for fin in runner(todo):
             finished.add(fin.key)
+            if fin.error is None and fin.key in corrected_keys(out_dir, [fin.key]):
+                # corrected in asr serve while this run transcribed it: the person's text stays
+                log.info("kept: %s was corrected during this run; not overwritten", fin.key)
+                db.done(fin.key, fin.audio_seconds, fin.wall_seconds, fin.language)
+                result.skipped_corrected += 1
+                bar.update(1)
+                continue
             if fin.error is None:
                 fin = _write(fin, out_dir, opts.formats)
             if fin.error is None:

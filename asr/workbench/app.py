@@ -16,13 +16,15 @@ import math
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlparse
 
 from markupsafe import Markup, escape
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from starlette.routing import Mount, Route
@@ -96,11 +98,31 @@ class TokenMiddleware(BaseHTTPMiddleware):
         return response
 
 
+class SameOriginMiddleware(BaseHTTPMiddleware):
+    """A change (POST) sent by a page of another site is refused: the browser names that
+    site in Origin."""
+
+    async def dispatch(self, request: Request, call_next):
+        origin = request.headers.get("origin")
+        change = request.method not in ("GET", "HEAD", "OPTIONS")
+        if change and origin is not None and urlparse(origin).netloc != request.headers.get("host"):
+            return PlainTextResponse("cross-site request refused", 403)
+        return await call_next(request)
+
+
+LOOPBACK = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+
 def create_app(
-    out_dir: str | Path, token: str | None = None, refresh_every: float = 2.0
+    out_dir: str | Path,
+    token: str | None = None,
+    refresh_every: float = 2.0,
+    hosts: list[str] | None = None,
 ) -> Starlette:
     """The workbench application over OUT_DIR (token: required on every request when given;
-    the index follows the folder every `refresh_every` seconds)."""
+    the index follows the folder every `refresh_every` seconds). Requests must name one of
+    `hosts` (default: this machine's loopback names, or any host with a token), so that a page
+    elsewhere cannot reach it through a DNS name that points here (DNS rebinding)."""
     out_dir = Path(out_dir).resolve()
     if not out_dir.is_dir():
         raise FileNotFoundError(f"{out_dir}: no such transcripts folder")
@@ -171,12 +193,20 @@ def create_app(
             {"recordings": index.recordings(_filters(request), q.get("sort", "title"))}
         )
 
+    async def latest(key: str):
+        """The newest revision, its transcript and version (404: no transcript file)."""
+        try:
+            revision, t = await run_in_threadpool(store.latest, key)
+            return revision, t, store.version(key, revision)
+        except FileNotFoundError as e:
+            raise HTTPException(404, f"{key}: no transcript file (yet)") from e
+
     async def transcript_page(request: Request):
         key = request.path_params["key"]
         rec = known(key)
-        if rec["status"] != "done" and rec["words"] is None:
+        if rec["words"] is None:  # not transcribed (yet), failed, or its JSON is gone
             return page(request, "missing.html", rec=rec)
-        revision, t = store.latest(key)
+        revision, t, version = await latest(key)
         audio = index.audio_path(key)
         return page(
             request,
@@ -184,6 +214,7 @@ def create_app(
             rec=rec,
             t=t,
             revision=revision,
+            version=version,
             key=key,
             media_kind=kind(audio) if audio else None,
             start=request.query_params.get("t", "0"),
@@ -193,8 +224,8 @@ def create_app(
     async def transcript_api(request: Request):
         key = request.path_params["key"]
         known(key)
-        revision, t = store.latest(key)
-        return JSONResponse({"revision": revision, "transcript": t.to_dict()})
+        revision, t, version = await latest(key)
+        return JSONResponse({"revision": revision, "version": version, "transcript": t.to_dict()})
 
     async def media(request: Request):
         key = request.path_params["key"]
@@ -202,8 +233,8 @@ def create_app(
         audio = index.audio_path(key)
         if audio is None:
             raise HTTPException(404, f"{key}: no recording in the job database")
-        try:
-            path, mime = playable(audio, out_dir / ".workbench" / "media")
+        try:  # a first transcoding takes a while: off the event loop
+            path, mime = await run_in_threadpool(playable, audio, out_dir / ".workbench" / "media")
         except MediaError as e:
             raise HTTPException(404, str(e)) from e
         return FileResponse(path, media_type=mime)  # answers Range requests (seeking)
@@ -211,22 +242,31 @@ def create_app(
     async def _edit(request: Request, make_edit, what: str):
         key = request.path_params["key"]
         known(key)
+        # a JSON body only: a page elsewhere cannot send one here without a CORS preflight,
+        # which this server never grants
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return JSONResponse({"error": "expected Content-Type: application/json"}, 415)
         try:
             body = await request.json()
-            base = int(body["base_revision"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise HTTPException(400, "expected JSON with base_revision") from e
+            base = body["base_version"] if "base_version" in body else int(body["base_revision"])
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": "expected JSON with base_version"}, 400)
         author = " ".join(str(body.get("author") or default_author).split())[:80]
-        try:
-            edit = make_edit(body)
+
+        def save():
             with edit_lock:
-                revision, t = store.save(key, base, edit, author, what.format(**body))
+                revision, t = store.save(key, base, make_edit(body), author, what.format(**body))
+            index.update(key)
+            return revision, t
+
+        try:
+            revision, t = await run_in_threadpool(save)
         except Conflict as e:
             return JSONResponse({"error": str(e)}, status_code=409)
         except (KeyError, ValueError, TypeError) as e:
             return JSONResponse({"error": str(e)}, status_code=400)
-        index.refresh(force=True)
-        return JSONResponse({"revision": revision, "transcript": t.to_dict()})
+        version = store.version(key, revision)
+        return JSONResponse({"revision": revision, "version": version, "transcript": t.to_dict()})
 
     async def edit_text(request: Request):
         seg = int(request.path_params["seg"])
@@ -289,7 +329,12 @@ def create_app(
         Route("/api/transcripts/{key:path}", transcript_api),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    middleware = [Middleware(TokenMiddleware, token=token)] if token else []
+    middleware = [
+        Middleware(TrustedHostMiddleware, allowed_hosts=hosts or (["*"] if token else LOOPBACK)),
+        Middleware(SameOriginMiddleware),
+    ]
+    if token:
+        middleware.append(Middleware(TokenMiddleware, token=token))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -306,7 +351,7 @@ def serve(out_dir: str | Path, host: str = "127.0.0.1", port: int = 8080, token=
     """Run the workbench until interrupted (uvicorn)."""
     import uvicorn
 
-    app = create_app(out_dir, token)
+    app = create_app(out_dir, token, hosts=None if host in LOOPBACK else ["*"])
     shown = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
     log.info("serving %s at %s (Ctrl-C stops)", out_dir, shown)
     uvicorn.run(app, host=host, port=port, log_level="warning")

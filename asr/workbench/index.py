@@ -104,6 +104,7 @@ def fold(text: str) -> str:
 
 def mark(text: str, terms: set[str]) -> str:
     """text with each word that folds to one of terms between MARK characters."""
+    text = unicodedata.normalize("NFC", text)
     return "".join(
         f"{MARK[0]}{piece}{MARK[1]}" if piece and fold(piece) in terms else piece
         for piece in re.split(r"(\w+)", text)
@@ -114,6 +115,7 @@ def fts_query(q: str) -> str:
     """A user's search as an FTS5 query: "quoted phrases" and words, all required; every term
     quoted, so FTS5's operators and syntax in the input are only text."""
     terms = []
+    q = unicodedata.normalize("NFC", q)  # "e" + combining accent is one letter, as indexed
     for phrase, word in re.findall(r'"([^"]*)"|(\S+)', q):
         text = phrase if phrase else word
         tokens = re.findall(r"\w+", text)
@@ -137,6 +139,7 @@ class Index:
         self.lock = threading.RLock()
         self._refreshing = threading.Lock()
         self._watching = False
+        self._not_transcripts: dict[str, tuple[int, int]] = {}
         self.refresh_every = refresh_every
         self._last = 0.0
 
@@ -216,6 +219,7 @@ class Index:
                 key
                 for key, st in files.items()
                 if known.get(key, (None, None, None))[:2] != (st.st_mtime_ns, st.st_size)
+                and self._not_transcripts.get(key) != (st.st_mtime_ns, st.st_size)
             ]
             n = 0
             # in batches: memory stays that of a batch, and searches go on in between
@@ -229,10 +233,16 @@ class Index:
                         if rows is not None:
                             self._store(key, *rows)
                             n += 1
+                        else:  # not read again until it changes
+                            st = files[key]
+                            self._not_transcripts[key] = (st.st_mtime_ns, st.st_size)
+            for key in set(self._not_transcripts) - set(files):
+                del self._not_transcripts[key]
+            not_ours = set(self._not_transcripts)
             with self.lock, self.db:
-                for key in set(known) - set(files) - set(jobs):
+                for key in (set(known) - set(files) - set(jobs)) | (not_ours & set(known)):
                     self._drop(key)
-                for key in set(files) - set(changed):
+                for key in set(files) - set(changed) - not_ours:
                     status = jobs.get(key, ("done", None))[0]
                     if known[key][2] != status:
                         self.db.execute("UPDATE recordings SET status=? WHERE key=?", (status, key))
@@ -247,6 +257,15 @@ class Index:
                         (key, key, status, error),
                     )
             return n
+
+    def update(self, key: str) -> None:
+        """Read one transcript again now (after a correction), whatever its file's time."""
+        path = self.out_dir / (key + EXTENSIONS["json"])
+        status = self._jobs().get(key, ("done", None))[0]
+        rows = self._parse(key, path.stat(), status)
+        if rows is not None:
+            with self.lock, self.db:
+                self._store(key, *rows)
 
     def _fresh(self) -> None:
         """Before an answer: refresh here, unless a watcher thread does it."""
@@ -263,7 +282,7 @@ class Index:
             while not stop.wait(interval):
                 try:
                     self.refresh(force=True)
-                except (OSError, sqlite3.Error) as e:  # a file mid-rename, a locked job db
+                except Exception as e:  # noqa: BLE001 - the watcher must outlive any one file
                     log.warning("index refresh: %s", e)
 
         threading.Thread(target=loop, name="index-refresh", daemon=True).start()
@@ -293,34 +312,34 @@ class Index:
                         int(s.get("id", len(rows))),
                         float(s["start"]),
                         float(s["end"]),
-                        (s.get("text") or "").strip(),
+                        unicodedata.normalize("NFC", s.get("text") or "").strip(),
                         s.get("speaker"),
                         sum(p) / len(p) if p else None,
                         json.dumps([[w["start"], w["end"], w["word"]] for w in words]),
                     )
                 )
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            recording = (
+                key,
+                recording_id,
+                _str(meta.get("title")),
+                _str(meta.get("date")),
+                _str(meta.get("collection")),
+                d.get("language"),
+                _str(meta.get("rights")),
+                float(d.get("duration") or 0.0),
+                status,
+                sum(probs) / len(probs) if probs else None,
+                json.dumps(d.get("speakers") or []),
+                review.get("state", "machine"),
+                int(review.get("revision", 0)),
+                len(probs),
+                None,
+                st.st_mtime_ns,
+                st.st_size,
+            )
+        except Exception as e:  # noqa: BLE001 - any JSON file may sit in OUT_DIR: not ours
             log.debug("%s: not a transcript (%s)", path, e)
             return None
-        recording = (
-            key,
-            recording_id,
-            _str(meta.get("title")),
-            _str(meta.get("date")),
-            _str(meta.get("collection")),
-            d.get("language"),
-            _str(meta.get("rights")),
-            float(d.get("duration") or 0.0),
-            status,
-            sum(probs) / len(probs) if probs else None,
-            json.dumps(d.get("speakers") or []),
-            review.get("state", "machine"),
-            int(review.get("revision", 0)),
-            len(probs),
-            None,
-            st.st_mtime_ns,
-            st.st_size,
-        )
         return recording, rows
 
     def _store(self, key: str, recording: tuple, rows: list[tuple]) -> None:
@@ -436,6 +455,7 @@ class Index:
                 f"WHERE segments_fts MATCH ? AND {where} {order} LIMIT ? OFFSET ?"
             )
             rows = self.db.execute(sql, [match, *args, limit, offset]).fetchall()
+        q = unicodedata.normalize("NFC", q)
         terms = {fold(t) for t in re.findall(r"\w+", q)}
         first = [fold(t) for t in re.findall(r"\w+", q)][:1]
         hits = []
@@ -466,6 +486,9 @@ class Index:
         of whose words are certain, come last)."""
         self._fresh()
         where, args = (filters or Filters()).where()
+        if filters and filters.speaker:
+            where += " AND s.speaker = ?"
+            args.append(filters.speaker)
         sql = (
             'SELECT s.key, s.seg, s.start, s."end", s.text, s.speaker, s.confidence, '
             "r.recording_id, r.title FROM segments s JOIN recordings r ON r.key = s.key "

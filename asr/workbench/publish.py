@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mimetypes
 import re
 import sqlite3
 import xml.etree.ElementTree as ET
@@ -147,7 +148,7 @@ def manifest(t: Transcript, key: str, media: str, opts: PublishOptions) -> dict:
                                 "body": {
                                     "id": _url(opts.media_url or _url(base, "media"), key + ext),
                                     "type": "Video" if video else "Sound",
-                                    "format": MIME.get(ext, "audio/ogg"),
+                                    "format": media_type(media),
                                     "duration": round(max(t.duration, 0.001), 3),
                                 },
                                 "target": canvas,
@@ -221,7 +222,7 @@ def ohms_record(t: Transcript, key: str, media: str, vtt: str, opts: PublishOpti
         sub("interviewee", name)
     for name in _names(interviewer):
         sub("interviewer", name)
-    sub("format", MIME.get(Path(media).suffix.lower(), "audio/ogg"))
+    sub("format", media_type(media))
     sub("file_name", Path(media).name)
     sub("transcript_alt_lang", "")
     sub(
@@ -239,6 +240,12 @@ def ohms_record(t: Transcript, key: str, media: str, vtt: str, opts: PublishOpti
     sub("index")
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def media_type(path: str) -> str:
+    """The MIME type of the recording as published (its own file, whatever its format)."""
+    ext = Path(path).suffix.lower()
+    return MIME.get(ext) or mimetypes.guess_type("x" + ext)[0] or "application/octet-stream"
 
 
 def _names(value) -> list[str]:

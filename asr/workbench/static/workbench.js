@@ -12,6 +12,7 @@
   author.value = localStorage.getItem("asr-author") || "";
   author.addEventListener("change", () => localStorage.setItem("asr-author", author.value));
   let revision = parseInt(box.dataset.revision, 10);
+  let version = box.dataset.version;
 
   function say(text, bad) {
     message.textContent = text;
@@ -66,20 +67,28 @@
 
   // -- corrections ----------------------------------------------------------------------------
   async function post(path, body) {
-    body.base_revision = revision;
+    body.base_version = version;
     body.author = author.value;
-    const r = await fetch(api + path, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-    });
-    const data = await r.json();
+    let r, data;
+    try {
+      r = await fetch(api + path, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      data = await r.json();
+    } catch (err) {
+      say("not saved: " + (r ? r.status + " " + r.statusText : err), true);
+      return null;
+    }
     if (!r.ok) {
-      say(data.error || r.statusText, true);
+      say("not saved: " + (data.error || r.statusText), true);
       return null;
     }
     revision = data.revision;
+    version = data.version;
     box.dataset.revision = revision;
+    box.dataset.version = version;
     document.getElementById("revision").textContent = revision;
     document.getElementById("review-state").textContent = data.transcript.review.state;
     say("saved as revision " + revision);
@@ -108,7 +117,7 @@
     const span = div.querySelector(".text");
     if (!div.classList.contains("editing")) {
       div.classList.add("editing");
-      span.dataset.before = span.textContent;
+      span.dataset.words = span.innerHTML;  // the timed word spans, for Escape
       span.textContent = span.textContent.trim();
       span.contentEditable = "true";
       span.focus();
@@ -117,11 +126,21 @@
     }
     const text = span.textContent.replace(/\s+/g, " ").trim();
     const t = await post("/segments/" + div.dataset.seg, { text: text });
+    if (!t) return;  // not saved: the typed text stays, in edit mode, beside the message
     span.contentEditable = "false";
     div.classList.remove("editing");
     button.textContent = "edit";
-    if (t) render(span, t.segments.find((s) => String(s.id) === div.dataset.seg));
-    else span.textContent = span.dataset.before;
+    render(span, t.segments.find((s) => String(s.id) === div.dataset.seg));
+  });
+  box.addEventListener("keydown", (e) => {
+    if (e.key !== "Escape" || !e.target.isContentEditable) return;
+    const div = e.target.closest(".seg");  // Escape: give up the edit, the words come back
+    const span = div.querySelector(".text");
+    span.contentEditable = "false";
+    div.classList.remove("editing");
+    div.querySelector("button.edit").textContent = "edit";
+    span.innerHTML = span.dataset.words;
+    index();
   });
   box.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && e.target.isContentEditable) {
