@@ -33,7 +33,9 @@
       const mid = (lo + hi) >> 1;
       if (starts[mid] <= t + 1e-3) { found = mid; lo = mid + 1; } else { hi = mid - 1; }
     }
-    const w = found >= 0 && t <= parseFloat(words[found].dataset.e) + 0.5 ? words[found] : null;
+    // the word until the next one starts (at most 2 s: not across a long pause)
+    const until = found + 1 < starts.length ? Math.min(starts[found + 1], starts[found] + 2) : starts[found] + 2;
+    const w = found >= 0 && t < until ? words[found] : null;
     if (w === current) return;
     if (current) current.classList.remove("now");
     current = w;
@@ -99,10 +101,8 @@
     span.textContent = "";
     for (const w of seg.words) {
       const el = document.createElement("span");
-      el.className = "w";
+      el.className = "w c" + Math.min(Math.floor(w.probability * 10), 9);
       el.dataset.s = w.start;
-      el.dataset.e = w.end;
-      el.style.setProperty("--c", w.probability.toFixed(2));
       el.textContent = w.word;
       span.appendChild(el);
     }
