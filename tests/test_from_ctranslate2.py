@@ -154,3 +154,71 @@ def test_the_cpu_fine_tuning_recipe_starts_from_the_offline_base_model(tmp_path)
     assert task.prompt("de")[:3] == task.tok.convert_tokens_to_ids(
         ["<|startoftranscript|>", "<|de|>", "<|transcribe|>"]
     )
+
+
+def test_a_share_of_training_targets_carries_whisper_timestamps(tmp_path, realspeech):
+    """data.timestamp_share: those training samples' targets are `<|0.00|> text <|end|>`
+    without <|notimestamps|>, chosen by key (the same every time); dev samples never. The
+    targets are Whisper's own format: the real base model finds them about as likely as the
+    plain ones, and a wrong end time much less likely."""
+    import io
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from asr.audio import load
+    from asr.train.data import RawSample
+    from asr.train.recipe import load_recipe
+    from asr.train.tasks import PAD_LABEL, WhisperTask
+
+    recipe = load_recipe(
+        Path(__file__).parents[1] / "recipes/whisper-finetune-cpu.yaml",
+        ["data.timestamp_share=0.5"],
+    )
+    task = WhisperTask.build(recipe, tmp_path, tmp_path, main=True)
+    audio = load(realspeech / "ljspeech_coqui/LJ001-0002.wav")
+    buf = io.BytesIO()
+    sf.write(buf, audio, 16000, format="FLAC")
+    text = "in being comparatively modern."
+    meta = {"text": text, "language": "en", "duration": audio.size / 16000}
+
+    def sample(key: str) -> RawSample:
+        return RawSample(key, "shard-000000.tar", buf.getvalue(), meta)
+
+    ids = task.tok.convert_tokens_to_ids
+    first, no_ts = ids("<|0.00|>"), ids("<|notimestamps|>")
+    chosen = [
+        k
+        for k in (f"rec{i}" for i in range(200))
+        if first in task.prepare_train(sample(k))["labels"]
+    ]
+    assert 70 <= len(chosen) <= 130
+    assert chosen == [
+        k
+        for k in (f"rec{i}" for i in range(200))
+        if first in task.prepare_train(sample(k))["labels"]
+    ]
+    item = task.prepare_train(sample(chosen[0]))
+    assert no_ts not in item["decoder_input_ids"]
+    labels = [t for t in item["labels"] if t != PAD_LABEL]
+    end = first + int(meta["duration"] / 0.02)
+    assert labels[0] == first and labels[-2] == end and labels[-1] == task.eot
+    assert task.tok.decode(labels[1:-2]).strip() == text
+    plain = task.prepare(sample(chosen[0]))  # dev: never timestamps
+    assert no_ts in plain["decoder_input_ids"] and first not in plain["labels"]
+
+    def loss(it: dict) -> float:
+        batch = task.collate([it])
+        with torch.no_grad():
+            out = task.model(
+                input_features=batch["input_features"],
+                decoder_input_ids=batch["decoder_input_ids"],
+                labels=batch["labels"],
+            )
+        return float(out.loss)
+
+    wrong = dict(item)
+    wrong["labels"] = [end - 40 if t == end else t for t in item["labels"]]  # 0.8 s early
+    wrong["decoder_input_ids"] = [end - 40 if t == end else t for t in item["decoder_input_ids"]]
+    assert loss(item) < loss(plain) + 0.5
+    assert loss(wrong) > loss(item) + 0.05

@@ -71,6 +71,12 @@ class DataSpec:
     max_label_tokens: int = 448
     dev_max_samples: int = 0
     """Evaluate on the first N dev samples (0: all)."""
+    timestamp_share: float = 0.0
+    """Whisper: the share of training samples (chosen by key: the same ones every epoch) whose
+    target carries timestamp tokens, `<|0.00|> text <|end|>` over the sample's span, with no
+    `<|notimestamps|>` in the prompt: Whisper was trained so, and `asr transcribe` decodes
+    packed windows with timestamps, which a model tuned on text alone may stop writing.
+    0: none; dev samples never (dev WER is decoded without timestamps)."""
 
 
 @dataclass
@@ -189,6 +195,8 @@ def _check(r: Recipe, source: str) -> None:
     for key in ("data.epoch_steps", "data.max_batch_size", "data.bucket_buffer"):
         if getattr(r.data, key.split(".")[1]) < 1:
             raise error(key, "must be at least 1")
+    if not 0.0 <= r.data.timestamp_share <= 1.0:
+        raise error("data.timestamp_share", "must be between 0 and 1")
     for key in ("optim.max_steps", "optim.grad_accum"):
         if getattr(r.optim, key.split(".")[1]) < 1:
             raise error(key, "must be at least 1")

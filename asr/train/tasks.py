@@ -6,6 +6,7 @@ into model inputs, pads a batch, and predicts text for evaluation and the export
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -22,6 +23,9 @@ from asr.train.recipe import OFFLINE_WHISPER_TOKENIZER, Recipe
 log = logging.getLogger(__name__)
 
 PAD_LABEL = -100
+TIME_STEP = 0.02
+"""Seconds per Whisper timestamp token."""
+WINDOW_S = 30.0
 OFFLINE_MODEL = "offline:"
 """model.name offline:base or offline:tiny.en: the offline model `asr transcribe` runs."""
 
@@ -118,11 +122,22 @@ class WhisperTask:
         m = self.recipe.model
         return whisper_prompt(self.tok, m.language or language, m.task)
 
-    def prepare(self, s: RawSample) -> dict | None:
+    def prepare_train(self, s: RawSample) -> dict | None:
+        """A training sample: with timestamps for data.timestamp_share of the keys."""
+        share = self.recipe.data.timestamp_share
+        return self.prepare(s, timestamps=share > 0 and key_fraction(s.key) < share)
+
+    def prepare(self, s: RawSample, timestamps: bool = False) -> dict | None:
         text = s.text(self.recipe.data.text_field).strip()
         prompt = self.prompt(s.meta.get("language"))
         # Whisper's own transcripts start with a space token (" The"): train it the same way
         tokens = self.tok.encode(" " + text, add_special_tokens=False) if text else []
+        first = self.tok.convert_tokens_to_ids("<|0.00|>")
+        if timestamps and tokens and first not in (None, self.tok.unk_token_id):
+            # one segment over the whole sample: <|0.00|> text <|end|>, in 20 ms steps
+            end = min(int(s.duration / TIME_STEP), int(WINDOW_S / TIME_STEP))
+            prompt = prompt[:-1]  # no <|notimestamps|>
+            tokens = [first, *tokens, first + end]
         seq = prompt + tokens + [self.eot]
         limit = min(self.recipe.data.max_label_tokens, self.model.config.max_target_positions)
         if len(seq) > limit:
@@ -163,6 +178,13 @@ class WhisperTask:
     def save(self, model, out: Path) -> None:
         model.save_pretrained(out, safe_serialization=True)
         self.processor.save_pretrained(out)
+
+
+def key_fraction(key: str) -> float:
+    """A number in [0, 1) fixed by the sample's key: which samples get timestamps, the same in
+    every epoch, process and run."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _ctranslate2_folder(name: str) -> Path | None:
@@ -343,6 +365,10 @@ class CtcTask:
         if m.freeze_feature_encoder:
             model.freeze_feature_encoder()
         return cls(recipe, model, Wav2Vec2Processor(feature_extractor=fe, tokenizer=tokenizer))
+
+    def prepare_train(self, s: RawSample) -> dict | None:
+        """A training sample: as any other (CTC has no timestamps)."""
+        return self.prepare(s)
 
     def prepare(self, s: RawSample) -> dict | None:
         text = " ".join(s.text(self.recipe.data.text_field).split())

@@ -149,7 +149,7 @@ def train(
     stream = ShardStream(
         train_urls,
         recipe.data,
-        task.prepare,
+        task.prepare_train,
         task.collate,
         seed=t.seed,
         rank=acc.process_index,
