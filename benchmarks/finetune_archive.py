@@ -77,6 +77,41 @@ def bench_config(path: Path, model_path: Path, shards: Path, general: bool, db: 
     return path
 
 
+def timestamps_kept(model_dir: Path, shards: Path) -> dict:
+    """Whether a model still writes timestamps: each held-out sample decoded (beam 5) with a
+    prompt that asks for them, as packed windows are decoded: the share whose text comes
+    between timestamp tokens, and how far the last one is from the sample's end."""
+    import ctranslate2
+    import numpy as np
+    from faster_whisper.feature_extractor import FeatureExtractor
+    from faster_whisper.tokenizer import Tokenizer
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from asr.shards import read_raw, shard_paths
+
+    model = ctranslate2.models.Whisper(str(model_dir), compute_type="int8")
+    hf = HFTokenizer.from_file(str(model_dir / "tokenizer.json"))
+    fe = FeatureExtractor(feature_size=model.n_mels)
+    with_ts, gaps = 0, []
+    samples = list(read_raw(shard_paths(shards, "test")))
+    for s in samples:
+        tok = Tokenizer(hf, model.is_multilingual, task="transcribe", language=s.meta["language"])
+        feats = fe(s.audio())[:, :3000]
+        feats = np.pad(feats, ((0, 0), (0, 3000 - feats.shape[1])))[None]
+        feats = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats))
+        prompt = tok.sot_sequence  # no <|notimestamps|>
+        r = model.generate(feats, [list(prompt)], beam_size=5, max_length=448)[0]
+        ts = [t - tok.timestamp_begin for t in r.sequences_ids[0] if t >= tok.timestamp_begin]
+        if len(ts) >= 2:
+            with_ts += 1
+            gaps.append(abs(ts[-1] * 0.02 - min(s.duration, 30.0)))
+    return {
+        "samples": len(samples),
+        "with_timestamps": with_ts,
+        "mean_end_error_s": round(sum(gaps) / len(gaps), 2) if gaps else None,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="base", help="starting model: base or tiny.en")
@@ -160,6 +195,11 @@ def main() -> None:
     )
     done("bench after")
 
+    stage("timestamps")
+    stamps = {"before": timestamps_kept(start, shards), "after": timestamps_kept(tuned, shards)}
+    log.info("timestamps written on held-out samples: %s", stamps)
+    done("timestamps")
+
     changes = compare(db, before.run_id, after.run_id)
     peak = max(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -173,6 +213,7 @@ def main() -> None:
         "after": after.results,
         "changes": changes,
         "curve": res.evaluations,
+        "timestamps": stamps,
         "best": {"step": res.best_step, "dev_wer": res.best_wer},
         "times_s": times,
         "total_s": sum(times.values()),
