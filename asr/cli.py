@@ -378,7 +378,8 @@ def _parser() -> argparse.ArgumentParser:
         "and follows it word by word, corrections saved as revisions (the machine transcript is "
         "kept; every output format is written again; `asr transcribe` never overwrites a "
         "corrected transcript), and a review queue of the least confident segments. Needs "
-        "`pip install 'archive-asr[serve]'`. Its index and revisions are in OUT_DIR/.workbench.",
+        "`pip install 'archive-asr[serve]'`. The corrections are kept in OUT_DIR/revisions.sqlite "
+        "(back it up); OUT_DIR/.workbench holds the search index, rebuilt if deleted.",
         epilog="""exit codes:
   0  stopped (Ctrl-C)
   1  could not start (no such folder, port in use, the [serve] extra missing)
