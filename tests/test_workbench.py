@@ -179,6 +179,8 @@ def test_collection_page_escapes_catalogue_text_and_sorts(collection):
     by = client.get("/api/recordings", params={"sort": "duration"}).json()["recordings"]
     durations = [r["duration"] for r in by]
     assert durations == sorted(durations) and all(d > 0 for d in durations)
+    page = client.get("/api/recordings", params={"sort": "duration", "limit": 2, "offset": 1})
+    assert [r["key"] for r in page.json()["recordings"]] == [r["key"] for r in by[1:3]]
     for r in by:
         assert r["status"] == "done" and 0 < r["confidence"] <= 1 and r["review"] == "machine"
     key = next(r["key"] for r in by if r["title"] == EVIL)

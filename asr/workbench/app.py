@@ -203,9 +203,12 @@ def create_app(
 
     async def recordings_api(request: Request):
         q = request.query_params
-        return JSONResponse(
-            {"recordings": index.recordings(_filters(request), q.get("sort", "title"))}
+        limit = _int(q.get("limit"), -1, -1, 10**9)
+        offset = _int(q.get("offset"), 0, 0, 10**9)
+        rows = index.recordings(
+            _filters(request), q.get("sort", "title"), q.get("desc") == "1", limit, offset
         )
+        return JSONResponse({"recordings": rows})
 
     async def latest(key: str):
         """The newest revision, its transcript and version (404: no transcript file)."""

@@ -419,11 +419,10 @@ class Index:
                 ]
                 for c in ("collection", "language", "status", "review")
             }
-            out["speaker"] = [
+            out["speaker"] = [  # from the recordings' speaker lists, not every segment
                 v
                 for (v,) in self.db.execute(
-                    "SELECT DISTINCT speaker FROM segments WHERE speaker IS NOT NULL "
-                    "ORDER BY speaker"
+                    "SELECT DISTINCT j.value FROM recordings r, json_each(r.speakers) j ORDER BY 1"
                 )
             ]
         return out
