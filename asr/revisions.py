@@ -10,7 +10,6 @@ so two people correcting one transcript cannot overwrite each other unknowingly.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -20,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from asr.outputs import EXTENSIONS, Transcript, TranscriptSegment, Word, write_outputs
-from asr.textnorm import map_words
+from asr.textnorm import map_words, match_key
 
 DB_NAME = "revisions.sqlite"
 STATES = ("machine", "partly reviewed", "reviewed")
@@ -85,6 +84,28 @@ def corrected_keys(out_dir: str | Path, keys: Iterable[str] | None = None) -> se
     return found
 
 
+class CorrectedSince:
+    """Whether a recording was corrected (asr serve) while a run transcribed it, asked once per
+    finished recording: one read-only connection for the run, opened when the revisions
+    database appears (the JSON's review record was read when the run was planned)."""
+
+    def __init__(self, out_dir: str | Path):
+        self.path = db_path(out_dir)
+        self.db: sqlite3.Connection | None = None
+
+    def __call__(self, key: str) -> bool:
+        if self.db is None:
+            if not self.path.is_file():
+                return False
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        sql = "SELECT 1 FROM revisions WHERE key=? AND revision > 0 LIMIT 1"
+        return self.db.execute(sql, (key,)).fetchone() is not None
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+
 def file_version(out_dir: str | Path, key: str) -> str:
     """The version of an uncorrected transcript: its JSON file's time and size, so that an edit
     begun on it is refused if `asr transcribe` wrote it again meanwhile."""
@@ -92,23 +113,15 @@ def file_version(out_dir: str | Path, key: str) -> str:
     return f"0.{st.st_mtime_ns}.{st.st_size}"
 
 
-def _words(text: str) -> list[str]:
-    return text.split()
-
-
-def _norm(word: str) -> str:
-    return re.sub(r"[^\w]+", "", word.casefold())
-
-
 def retime(old: list[Word], text: str, start: float, end: float) -> list[Word]:
     """The words of an edited text, timed by aligning them to the machine's words (the word
     alignment of `asr align`): a kept or replaced word takes its old word's times, an inserted
     word shares the gap between its timed neighbours. Every word is marked certain (1.0):
     a person wrote it."""
-    new = _words(text)
+    new = text.split()
     if not new:
         return []
-    mapping, _ = map_words([_norm(w) for w in new], [_norm(w.word) for w in old])
+    mapping, _ = map_words([match_key(w) for w in new], [match_key(w.word) for w in old])
     times: list[tuple[float, float] | None] = [
         (old[j].start, old[j].end) if j >= 0 else None for j in mapping.tolist()
     ]
@@ -258,7 +271,7 @@ def edit_segment(segment_id: int, text: str):
         for s in t.segments:
             if s.id == segment_id:
                 found = True
-                text_ = " ".join(_words(text))
+                text_ = " ".join(text.split())
                 words = retime(s.words, text_, s.start, s.end)
                 s = replace(s, text=(" " + text_) if text_ else "", words=words)
             segments.append(s)

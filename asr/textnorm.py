@@ -150,6 +150,20 @@ def normalise_plain(text: str, language: str | None = None) -> str:
     return " ".join(normalise(text, language).words)
 
 
+def fold(text: str) -> str:
+    """Case and accents folded (NFKD, combining marks dropped), as the workbench's search index
+    (FTS5 `remove_diacritics`) folds them."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def match_key(word: str) -> str:
+    """A word as corrections compare it to the machine's words: folded, punctuation dropped.
+    One word stays one key (unlike normalise_word, which spells numbers out), so an edited
+    text maps 1:1 onto the words it replaces."""
+    return re.sub(r"\W+", "", fold(word))
+
+
 def map_words(ref: list[str], hyp: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Word alignment of two word sequences (Levenshtein): for each ref word, the hyp word it
     aligns to (-1: none) and whether they are equal. Used by `asr align` (a text to the words

@@ -30,7 +30,7 @@ from asr.engine.types import Finished, TranscribeOptions
 from asr.manifest import remove_stale_temps
 from asr.outputs import EXTENSIONS, write_outputs
 from asr.progress import bar as progress_bar
-from asr.revisions import corrected_keys
+from asr.revisions import CorrectedSince, corrected_keys
 
 log = logging.getLogger(__name__)
 
@@ -174,40 +174,44 @@ def _run_planned(
     run_id = db.begin_run(opts.record())
     t0 = time.perf_counter()
     finished: set[str] = set()
-    if todo:
-        bar = progress_bar("transcribe", len(todo), opts.progress, unit="rec")
-        for fin in runner(todo):
-            finished.add(fin.key)
-            if fin.error is None and fin.key in corrected_keys(out_dir, [fin.key]):
-                # corrected in asr serve while this run transcribed it: the person's text stays
-                log.info("kept: %s was corrected during this run; not overwritten", fin.key)
-                db.done(fin.key, fin.audio_seconds, fin.wall_seconds, fin.language)
-                result.skipped_corrected += 1
+    with contextlib.closing(CorrectedSince(out_dir)) as corrected_since:
+        if todo:
+            bar = progress_bar("transcribe", len(todo), opts.progress, unit="rec")
+            for fin in runner(todo):
+                finished.add(fin.key)
+                if fin.error is None and corrected_since(fin.key):
+                    # corrected in asr serve while this run transcribed it: the person's text stays
+                    log.info("kept: %s was corrected during this run; not overwritten", fin.key)
+                    db.done(fin.key, fin.audio_seconds, fin.wall_seconds, fin.language)
+                    result.skipped_corrected += 1
+                    bar.update(1)
+                    continue
+                if fin.error is None:
+                    fin = _write(fin, out_dir, opts.formats)
+                if fin.error is None:
+                    db.done(fin.key, fin.audio_seconds, fin.wall_seconds, fin.language)
+                    result.done += 1
+                    result.audio_seconds += fin.audio_seconds
+                else:
+                    db.fail(fin.key, fin.error)
+                    result.failed += 1
+                    log.warning("failed: %s: %s", fin.key, fin.error)
+                elapsed = time.perf_counter() - t0
                 bar.update(1)
-                continue
-            if fin.error is None:
-                fin = _write(fin, out_dir, opts.formats)
-            if fin.error is None:
-                db.done(fin.key, fin.audio_seconds, fin.wall_seconds, fin.language)
-                result.done += 1
-                result.audio_seconds += fin.audio_seconds
-            else:
-                db.fail(fin.key, fin.error)
-                result.failed += 1
-                log.warning("failed: %s: %s", fin.key, fin.error)
-            elapsed = time.perf_counter() - t0
-            bar.update(1)
-            bar.set_postfix_str(
-                f"{result.audio_seconds / 3600:.2f} h audio, "
-                f"RTFx {result.audio_seconds / max(elapsed, 1e-9):.1f}"
-            )
-        bar.close()
-        for job in todo:  # the runner ended normally: every job it was given is done or failed
-            if job.key not in finished:
-                reason = "the run ended without finishing it (an internal error: please report it)"
-                db.fail(job.key, reason)
-                result.failed += 1
-                log.error("failed: %s: %s", job.key, reason)
+                bar.set_postfix_str(
+                    f"{result.audio_seconds / 3600:.2f} h audio, "
+                    f"RTFx {result.audio_seconds / max(elapsed, 1e-9):.1f}"
+                )
+            bar.close()
+            # the runner ended normally: every job it was given is done or failed
+            for job in todo:
+                if job.key not in finished:
+                    reason = (
+                        "the run ended without finishing it (an internal error: please report it)"
+                    )
+                    db.fail(job.key, reason)
+                    result.failed += 1
+                    log.error("failed: %s: %s", job.key, reason)
     result.wall_seconds = time.perf_counter() - t0
     result.failures = db.failures()
     db.end_run(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asr.outputs import EXTENSIONS
+from asr.textnorm import fold
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,6 @@ class Filters:
         return " AND ".join(clauses) or "1", args
 
 
-def fold(text: str) -> str:
-    """Case and accents folded, as the index folds them: to find the hit's word in a segment."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
 def mark(text: str, terms: set[str]) -> str:
     """text with each word that folds to one of terms between MARK characters."""
     text = unicodedata.normalize("NFC", text)
@@ -122,6 +117,48 @@ def fts_query(q: str) -> str:
         if tokens:
             terms.append('"' + " ".join(tokens) + '"')
     return " AND ".join(terms)
+
+
+def transcript_files(out_dir: Path) -> dict[str, os.stat_result]:
+    """Every transcript JSON under OUT_DIR (not in hidden folders, not through a link that
+    leaves OUT_DIR): {key: its stat}. The workbench's index and `asr publish` both walk this."""
+    found = {}
+    ext = EXTENSIONS["json"]
+    for folder, dirs, files in os.walk(out_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.endswith(ext) or name.startswith("."):
+                continue
+            path = Path(folder) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(out_dir):
+                continue
+            key = path.relative_to(out_dir).as_posix()[: -len(ext)]
+            try:
+                found[key] = path.stat()
+            except OSError:
+                continue
+    return found
+
+
+def read_jobs(out_dir: Path, key: str | None = None) -> dict[str, tuple[str, str | None, str]]:
+    """{key: (status, error, recording path)} from asr transcribe's job database (all jobs, or
+    only `key`); empty when there is none or it cannot be read."""
+    path = out_dir / JOBS_DB
+    if not path.is_file():
+        return {}
+    sql, args = "SELECT key, status, error, path FROM jobs", ()
+    if key is not None:
+        sql, args = sql + " WHERE key=?", (key,)
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        log.warning("%s: cannot read the job database: %s", path, e)
+        return {}
+    return {k: (status, err, p) for k, status, err, p in rows}
 
 
 class Index:
@@ -149,53 +186,16 @@ class Index:
     # -- keeping in step with the folder ------------------------------------------------------
 
     def _transcripts(self) -> dict[str, os.stat_result]:
-        """Every transcript JSON under OUT_DIR (not in hidden folders, not through a link that
-        leaves OUT_DIR): {key: its stat}."""
-        found = {}
-        ext = EXTENSIONS["json"]
-        for folder, dirs, files in os.walk(self.out_dir):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            for name in files:
-                if not name.endswith(ext) or name.startswith("."):
-                    continue
-                path = Path(folder) / name
-                if path.is_symlink() and not path.resolve().is_relative_to(self.out_dir):
-                    continue
-                key = path.relative_to(self.out_dir).as_posix()[: -len(ext)]
-                try:
-                    found[key] = path.stat()
-                except OSError:
-                    continue
-        return found
+        return transcript_files(self.out_dir)
 
     def _jobs(self) -> dict[str, tuple[str, str | None]]:
-        """{key: (status, error)} from asr transcribe's job database, if there is one."""
-        path = self.out_dir / JOBS_DB
-        if not path.is_file():
-            return {}
-        try:
-            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-            try:
-                rows = con.execute("SELECT key, status, error FROM jobs").fetchall()
-            finally:
-                con.close()
-        except sqlite3.Error as e:
-            log.warning("%s: cannot read the job database: %s", path, e)
-            return {}
-        return {k: (s, err) for k, s, err in rows}
+        return {k: (status, err) for k, (status, err, _) in read_jobs(self.out_dir).items()}
 
     def audio_path(self, key: str) -> str | None:
         """The recording of `key` as asr transcribe's job database has it (None: no such job):
         the only media the workbench serves."""
-        path = self.out_dir / JOBS_DB
-        if not path.is_file():
-            return None
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            row = con.execute("SELECT path FROM jobs WHERE key=?", (key,)).fetchone()
-        finally:
-            con.close()
-        return row[0] if row else None
+        job = read_jobs(self.out_dir, key).get(key)
+        return job[2] if job else None
 
     def refresh(self, force: bool = False) -> int:
         """Read transcripts that are new or changed since the last look, drop those gone;

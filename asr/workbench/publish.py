@@ -14,7 +14,6 @@ import json
 import logging
 import mimetypes
 import re
-import sqlite3
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from urllib.parse import quote
 from asr.manifest import atomic_output
 from asr.outputs import EXTENSIONS, Transcript, write_vtt
 from asr.revisions import STATES
-from asr.workbench.index import JOBS_DB
+from asr.workbench.index import read_jobs, transcript_files
 from asr.workbench.media import MIME, PLAYABLE_VIDEO
 
 log = logging.getLogger(__name__)
@@ -81,28 +80,15 @@ def _url(base: str, *parts: str) -> str:
     return base.rstrip("/") + "/" + "/".join(quote(p) for p in parts)
 
 
-def _jobs(out_dir: Path) -> dict[str, str]:
-    path = out_dir / JOBS_DB
-    if not path.is_file():
-        return {}
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return dict(con.execute("SELECT key, path FROM jobs WHERE status='done'").fetchall())
-    finally:
-        con.close()
-
-
 def _transcripts(out_dir: Path):
     """(key, Transcript) for every transcript JSON under OUT_DIR, in key order."""
     ext = EXTENSIONS["json"]
-    for path in sorted(out_dir.rglob("*" + ext)):
-        rel = path.relative_to(out_dir)
-        if any(p.startswith(".") for p in rel.parts):
-            continue
+    for key in sorted(transcript_files(out_dir)):
+        path = out_dir / (key + ext)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-            yield rel.as_posix()[: -len(ext)], Transcript.from_dict(d)
-        except (ValueError, KeyError, TypeError) as e:
+            yield key, Transcript.from_dict(d)
+        except (OSError, ValueError, KeyError, TypeError) as e:
             log.debug("%s: not a transcript (%s)", path, e)
 
 
@@ -266,7 +252,7 @@ def publish(out_dir: str | Path, dest: str | Path, opts: PublishOptions) -> Publ
     out_dir, dest = Path(out_dir).resolve(), Path(dest)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"{out_dir}: no such transcripts folder")
-    jobs = _jobs(out_dir)
+    jobs = {k: p for k, (status, _, p) in read_jobs(out_dir).items() if status == "done"}
     result = PublishResult()
     items = []
     floor = STATES.index(opts.min_review)
