@@ -211,3 +211,34 @@ def test_language_is_detected_over_many_chunks_and_per_stretch(clips, tmp_path):
     assert early and all(s["language"] == "pl" for s in early)
     tei = (tmp_path / "out" / "switch.tei.xml").read_text(encoding="utf-8")
     assert re.search(r'<u [^>]*xml:lang="en"', tei)
+
+
+def test_a_chunks_first_word_starts_where_vad_heard_its_speech_begin():
+    """Whisper's alignment puts a chunk's first word off its onset: one that spans the onset,
+    or starts up to 0.2 s after it, starts at the onset; one further on keeps its time (a
+    breath or a sound the model did not write may come first); later words never move."""
+    from asr.engine.inputs import Job
+    from asr.engine.stitch import SNAP_S, stitch
+    from asr.engine.types import PartResult
+    from asr.models import ModelInfo
+
+    def part(first: float) -> PartResult:
+        words = [
+            {"word": " one", "start": first, "end": 1.0, "probability": 0.9},
+            {"word": " two", "start": 1.1, "end": 1.5, "probability": 0.9},
+        ]
+        seg = {"start": first, "end": 1.5, "text": "one two", "words": words}
+        return PartResult(("k", 0), [seg], -0.1, 0.0, 1.0, 0.0, "en")
+
+    onset = 0.2  # the chunk's padding before VAD's first speech frame
+    chunks = [
+        (10.0, onset, part(0.0)),  # spans the onset
+        (20.0, onset, part(onset + SNAP_S / 2)),  # just after it
+        (30.0, onset, part(onset + SNAP_S + 0.2)),  # well after it
+    ]
+    model = ModelInfo(Path("m"), "whisper", "m", "0")
+    t = stitch(Job("k", "k.wav", "k"), model, chunks, 40.0, "en", 1.0, False, {})
+    firsts = [s.words[0].start for s in t.segments]
+    assert firsts == pytest.approx([10.2, 20.2, 30.0 + onset + SNAP_S + 0.2])
+    assert [s.start for s in t.segments] == firsts
+    assert [s.words[1].start for s in t.segments] == pytest.approx([11.1, 21.1, 31.1])
