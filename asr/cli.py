@@ -344,7 +344,10 @@ def _parser() -> argparse.ArgumentParser:
         "`asr train`, or any such folder) to CTranslate2 in OUT, with the tokenizer and "
         "feature-extractor files. The PyTorch and the converted model then transcribe the same "
         "utterances (greedy); if their transcripts differ by more than --max-parity-wer, the "
-        "export fails and OUT is left untouched. OUT is a --model for `asr transcribe`.",
+        "export fails and OUT is left untouched. Utterances with texts (the dev shards) are "
+        "also transcribed by `asr transcribe` with the converted model, joined into one "
+        "recording (VAD chunks, packed windows): its WER may be at most --max-transcribe-gap "
+        "above the PyTorch model's. OUT is a --model for `asr transcribe`.",
         epilog=EPILOG.replace(
             "(only with --strict where the subcommand has it)", "(not used by export)"
         ).replace("missing model)", "missing model, failed parity check)"),
@@ -616,6 +619,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         if r.parity_wer is not None
         else "parity not checked"
     )
+    if r.transcribe_wer is not None:
+        parity += (
+            f"; WER against the texts {100 * r.pytorch_wer:.2f}% (PyTorch), "
+            f"{100 * r.transcribe_wer:.2f}% (asr transcribe)"
+        )
     log.info("export: %s model (%s) -> %s; %s", r.kind, r.quantization, r.out, parity)
     return EXIT_OK
 

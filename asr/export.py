@@ -54,6 +54,14 @@ class ExportOptions:
             "help": "largest WER (0-1) between the PyTorch and CTranslate2 transcripts that passes"
         },
     )
+    max_transcribe_gap: float = field(
+        default=0.10,
+        metadata={
+            "help": "largest rise in WER (0-1, against the dev texts) from the PyTorch model's "
+            "transcripts to `asr transcribe`'s with the converted model (VAD, packed windows) "
+            "on the same utterances that passes"
+        },
+    )
     max_new_tokens: int = 128
     device: str = "auto"
     check_parity: bool = field(
@@ -70,6 +78,11 @@ class ExportResult:
     parity_wer: float | None = None
     parity_samples: int = 0
     examples: list[dict] = field(default_factory=list)
+    pytorch_wer: float | None = None
+    """WER of the PyTorch model's greedy transcripts against the parity samples' texts."""
+    transcribe_wer: float | None = None
+    """WER of `asr transcribe` with the converted model on the same utterances (None: the
+    samples have no text)."""
 
 
 def model_kind(model_dir: Path) -> str:
@@ -123,6 +136,30 @@ def export(model_dir: str | os.PathLike, out: str | os.PathLike, opts=None) -> E
                 100 * wer,
                 len(samples),
             )
+            texts = [s.text for s in samples]
+            if all(texts):
+                pt = [e["pytorch"] for e in examples]
+                result.pytorch_wer = transcript_wer(texts, pt)
+                info_path = model_dir / "archive_asr.json"
+                info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
+                result.transcribe_wer = transcribe_wer(tmp, samples, opts, info.get("language"))
+                gap = result.transcribe_wer - result.pytorch_wer
+                log.info(
+                    "parity: WER against the texts %.2f%% (PyTorch), %.2f%% (asr transcribe)",
+                    100 * result.pytorch_wer,
+                    100 * result.transcribe_wer,
+                )
+                if gap > opts.max_transcribe_gap:
+                    raise ExportError(
+                        f"{model_dir}: parity check failed: asr transcribe with the converted "
+                        f"model (VAD, packed windows) has WER {100 * result.transcribe_wer:.1f}%"
+                        f" on {len(samples)} utterances, {100 * gap:.1f} points above the "
+                        f"PyTorch model's {100 * result.pytorch_wer:.1f}% "
+                        f"(> {100 * opts.max_transcribe_gap:.1f} allowed): the model works "
+                        "alone but not the way archives are transcribed"
+                    )
+            else:
+                log.info("parity: utterances without text; asr transcribe not compared")
         info = {**asdict(result), "out": str(out), "source": str(model_dir.resolve())}
         (tmp / "export.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
         if out.exists():
@@ -138,6 +175,7 @@ class ParitySample:
     audio: np.ndarray
     language: str | None
     name: str
+    text: str = ""
 
 
 def parity_samples(model_dir: Path, opts: ExportOptions) -> list[ParitySample]:
@@ -166,7 +204,9 @@ def parity_samples(model_dir: Path, opts: ExportOptions) -> list[ParitySample]:
                 except ValueError:
                     continue
                 for s in read_raw(urls):
-                    samples.append(ParitySample(s.audio(), s.meta.get("language"), s.key))
+                    samples.append(
+                        ParitySample(s.audio(), s.meta.get("language"), s.key, s.text("text"))
+                    )
                     if len(samples) >= opts.parity_samples:
                         return samples
                 break
@@ -185,11 +225,8 @@ def parity(
     model_dir: Path, ct2_dir: Path, samples: list[ParitySample], opts: ExportOptions
 ) -> tuple[float, list[dict]]:
     """WER between the PyTorch model's and the converted model's greedy transcripts."""
-    import ctranslate2
 
-    device = opts.device
-    if device == "auto":
-        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    device = _device(opts)
     kind = model_kind(model_dir)
     if kind == "whisper":
         pt, ct = _parity_whisper(model_dir, ct2_dir, samples, opts, device)
@@ -199,6 +236,59 @@ def parity(
         {"name": s.name, "pytorch": a, "ctranslate2": b} for s, a, b in zip(samples, pt, ct)
     ]
     return transcript_wer(pt, ct), examples
+
+
+def _device(opts: ExportOptions) -> str:
+    import ctranslate2
+
+    if opts.device == "auto":
+        return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    return opts.device
+
+
+def transcribe_wer(
+    ct2_dir: Path, samples: list[ParitySample], opts: ExportOptions, language: str | None = None
+) -> float:
+    """WER of `asr transcribe` (the Python API, the path archives go through: VAD chunks,
+    packed windows, fallback) with the converted model on the parity samples, against their
+    texts (`language`: the model's fixed one). The samples of each language are joined with
+    2 s pauses into one recording, so that chunks are cut by VAD and packed several to a
+    window as in a long recording."""
+    import tempfile
+
+    import soundfile as sf
+
+    from asr.audio import SAMPLE_RATE
+    from asr.engine.transcribe import transcribe
+    from asr.engine.types import DecodeOptions, TranscribeOptions
+
+    pause = np.zeros(2 * SAMPLE_RATE, np.float32)
+    refs, hyps = [], []
+    with tempfile.TemporaryDirectory(prefix="asr-export-") as tmp:
+        by_lang: dict[str | None, list[ParitySample]] = {}
+        for s in samples:
+            by_lang.setdefault(language or s.language, []).append(s)
+        for n, (lang, group) in enumerate(by_lang.items()):
+            audio = np.concatenate([np.concatenate([pause, s.audio]) for s in group] + [pause])
+            path = Path(tmp) / f"parity{n}.wav"
+            sf.write(path, audio, SAMPLE_RATE)
+            t_opts = TranscribeOptions(
+                model=str(ct2_dir),
+                language=lang,
+                device=_device(opts),
+                decode=DecodeOptions(beam_size=1),
+                formats=("json",),
+                progress=False,
+            )
+            result = transcribe([path], Path(tmp) / "out", t_opts)
+            if result.failed:
+                raise ExportError(
+                    f"asr transcribe failed with the converted model: {result.failures}"
+                )
+            doc = json.loads((Path(tmp) / "out" / f"parity{n}.json").read_text(encoding="utf-8"))
+            refs.append(" ".join(s.text for s in group))
+            hyps.append(doc["text"])
+    return transcript_wer(refs, hyps)
 
 
 def transcript_wer(refs: list[str], hyps: list[str]) -> float:

@@ -150,6 +150,9 @@ def test_whisper_export_parity_and_transcribe(whisper_run, train_shards, sample_
     want = min(ExportOptions.parity_samples, _dev_samples(train_shards))
     assert r.kind == "whisper" and r.parity_samples == want and r.parity_wer <= 0.1
     assert all(e["pytorch"] for e in r.examples)  # the models said something to compare
+    # the dev texts, through asr transcribe's own path (VAD, packed windows) as well
+    assert r.transcribe_wer is not None and r.transcribe_wer - r.pytorch_wer <= 0.10
+    assert json.loads((out / "export.json").read_text())["transcribe_wer"] == r.transcribe_wer
     fe = json.loads((out / "preprocessor_config.json").read_text())
     assert fe["feature_size"] == 80
     assert len(json.loads((out / "config.json").read_text())["lang_ids"]) == 99
@@ -179,6 +182,9 @@ def test_parity_check_catches_a_different_model(whisper_run, tmp_path):
     assert code == 1 and not (tmp_path / "x").exists()
     with pytest.raises(ExportError, match="parity check failed"):
         export(run / "final", tmp_path / "x", ExportOptions(max_parity_wer=-1))
+    with pytest.raises(ExportError, match="asr transcribe with the converted model"):
+        export(run / "final", tmp_path / "x", ExportOptions(max_transcribe_gap=-2))
+    assert not (tmp_path / "x").exists()
     with pytest.raises(ExportError, match="no config.json"):
         export(tmp_path, tmp_path / "y")
 
