@@ -46,6 +46,9 @@ when the model gives that language at least this probability on the window itsel
 
 MAX_TOKENS_PER_S = 15
 
+NO_REPEAT_LAST = 3
+"""The penalty fallback's last step forbids any 3-gram twice."""
+
 
 def max_tokens(windows: list[Window], limit: int) -> int:
     """ctranslate2's max_length for a batch: 15 tokens a second of audio (speech has fewer
@@ -74,8 +77,9 @@ def fallback_steps(opts: DecodeOptions, first_only: bool = False) -> list[tuple[
     """The settings a window is decoded with, in turn, while its result looks wrong:
     (temperature, ctranslate2 generate() arguments). first_only: the first alone."""
 
-    def step(t: float, penalty: float) -> tuple[float, dict]:
-        kw = dict(repetition_penalty=penalty, no_repeat_ngram_size=opts.no_repeat_ngram_size)
+    def step(t: float, penalty: float, ngram: int = 0) -> tuple[float, dict]:
+        ngram = max(ngram, opts.no_repeat_ngram_size)
+        kw = dict(repetition_penalty=penalty, no_repeat_ngram_size=ngram)
         if t == 0:
             return t, dict(kw, beam_size=opts.beam_size, patience=1.0)
         return t, dict(kw, sampling_topk=0, sampling_temperature=t, beam_size=1)
@@ -86,7 +90,11 @@ def fallback_steps(opts: DecodeOptions, first_only: bool = False) -> list[tuple[
         return steps
     if opts.fallback == "sample":
         return steps + [step(t, opts.repetition_penalty) for t in rest]
-    return steps + [step(0.0, max(opts.fallback_penalty, opts.repetition_penalty))]
+    penalty = max(opts.fallback_penalty, opts.repetition_penalty)
+    # last, if the penalty alone still loops: no 3-gram twice (a loop cannot start). Base on a
+    # Mongolian clip loops ('―' 70 times) in both steps before it when the chunk has 0.5 s of
+    # padding; this step writes the words
+    return steps + [step(0.0, penalty), step(0.0, penalty, ngram=NO_REPEAT_LAST)]
 
 
 class WhisperEngine:
