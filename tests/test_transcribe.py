@@ -347,6 +347,7 @@ def test_long_recording_is_transcribed_end_to_end(realspeech, tmp_path):
 
 def test_guards_and_output_names():
     assert has_loop([5, 6, 7] * 5) and has_loop([9] * 9) and not has_loop(list(range(40)))
+    assert has_loop([1, 2, 3, 4, 5] * 3) and not has_loop([1, 2, 3, 4, 5] * 2 + [6, 7])
     assert compression_ratio("la " * 200) > 2.4 > compression_ratio("A plain sentence, once.")
     assert output_key("../../etc/passwd") == "etc/passwd"
     assert output_key("/abs/a b.mp3") == "abs/a_b"

@@ -59,15 +59,19 @@ def max_tokens(windows: list[Window], limit: int) -> int:
     return int(min(limit, 2 * (8 + np.ceil(longest * MAX_TOKENS_PER_S))))
 
 
-def has_loop(tokens: list[int], n: int = 3, max_repeats: int = 4) -> bool:
-    """True when some n-gram of tokens repeats back to back max_repeats times (a decoding loop)."""
-    for size in range(1, n + 1):
+def has_loop(tokens: list[int], n: int = 3, max_repeats: int = 4, phrase: int = 12) -> bool:
+    """True when some n-gram of tokens repeats back to back max_repeats times (a decoding loop),
+    a single token twice that, or a phrase of more than n (up to `phrase`) tokens three times
+    in a row: "Aren't they suing you? Aren't they suing you? Aren't they suing you?" (tiny.en
+    on an AMI meeting's overlapped speech)."""
+    for size in range(1, phrase + 1):
+        need = 2 * max_repeats if size == 1 else max_repeats if size <= n else 3
         for start in range(size):
             run, prev = 1, None
             for i in range(start, len(tokens) - size + 1, size):
                 gram = tuple(tokens[i : i + size])
                 run = run + 1 if gram == prev else 1
-                if run >= max_repeats and (size > 1 or run >= 2 * max_repeats):
+                if run >= need:
                     return True
                 prev = gram
     return False
