@@ -45,7 +45,7 @@ class DecodeOptions:
         metadata={
             "choices": ("penalty", "sample"),
             "help": "how a window whose result looks wrong is decoded again: penalty: by beam "
-            "search with a repetition penalty, then (if it still looks wrong) also with no "
+            "search with a repetition penalty, then (if it still loops) also with no "
             "3-gram repeated (reproducible); sample: sampled at each "
             "further temperature in turn, as Whisper does (not reproducible run to run)",
         },

@@ -338,7 +338,9 @@ class WhisperEngine:
                     best[i] = out
                     continue
                 tried[i].append(out)
-                if bad and t_index + 1 < len(steps):
+                # the penalty fallback's last step (no 3-gram twice) is for loops only
+                loops_only = opts.fallback == "penalty" and t_index + 2 == len(steps) == 3
+                if bad and t_index + 1 < len(steps) and (looping or not loops_only):
                     still.append(i)
                 elif bad:
                     # every step failed: as Whisper and faster-whisper do, the most
