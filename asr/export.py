@@ -118,8 +118,9 @@ def export(model_dir: str | os.PathLike, out: str | os.PathLike, opts=None) -> E
             raise ExportError(f"{model_dir}: conversion failed ({type(e).__name__}: {e})") from e
         result = ExportResult(out, kind, opts.quantization)
         if opts.check_parity:
-            samples = parity_samples(model_dir, opts)
-            wer, examples = parity(model_dir, tmp, samples, opts)
+            info = training_info(model_dir)
+            samples = parity_samples(model_dir, opts, info)
+            wer, examples = parity(model_dir, tmp, samples, opts, info.get("language"))
             result.parity_wer, result.parity_samples, result.examples = wer, len(samples), examples
             if wer > opts.max_parity_wer:
                 raise ExportError(
@@ -140,8 +141,6 @@ def export(model_dir: str | os.PathLike, out: str | os.PathLike, opts=None) -> E
             if all(texts):
                 pt = [e["pytorch"] for e in examples]
                 result.pytorch_wer = transcript_wer(texts, pt)
-                info_path = model_dir / "archive_asr.json"
-                info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
                 result.transcribe_wer = transcribe_wer(tmp, samples, opts, info.get("language"))
                 gap = result.transcribe_wer - result.pytorch_wer
                 log.info(
@@ -178,14 +177,20 @@ class ParitySample:
     text: str = ""
 
 
-def parity_samples(model_dir: Path, opts: ExportOptions) -> list[ParitySample]:
-    """The fixed set the parity check transcribes: --parity-data, else training's dev shards."""
+def training_info(model_dir: Path) -> dict:
+    """What `asr train` wrote beside the weights (archive_asr.json: its shards, the language a
+    model was tuned to alone); {} for a model trained elsewhere."""
+    path = model_dir / "archive_asr.json"
+    return json.loads(path.read_text("utf-8")) if path.is_file() else {}
+
+
+def parity_samples(model_dir: Path, opts: ExportOptions, info: dict) -> list[ParitySample]:
+    """The fixed set the parity check transcribes: --parity-data, else the dev shards of
+    training (`info`: training_info(model_dir))."""
     from asr.audio import load
 
     sources = list(opts.parity_data)
     if not sources:
-        info_path = model_dir / "archive_asr.json"
-        info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
         if not info.get("shards") or not Path(info["shards"]).is_dir():
             raise ExportError(
                 f"{model_dir}: no parity data: pass --parity-data (a shard folder or audio "
@@ -222,14 +227,19 @@ def parity_samples(model_dir: Path, opts: ExportOptions) -> list[ParitySample]:
 
 
 def parity(
-    model_dir: Path, ct2_dir: Path, samples: list[ParitySample], opts: ExportOptions
+    model_dir: Path,
+    ct2_dir: Path,
+    samples: list[ParitySample],
+    opts: ExportOptions,
+    language: str | None = None,
 ) -> tuple[float, list[dict]]:
-    """WER between the PyTorch model's and the converted model's greedy transcripts."""
+    """WER between the PyTorch model's and the converted model's greedy transcripts
+    (`language`: the one a Whisper model was tuned to alone, else each sample's)."""
 
     device = _device(opts)
     kind = model_kind(model_dir)
     if kind == "whisper":
-        pt, ct = _parity_whisper(model_dir, ct2_dir, samples, opts, device)
+        pt, ct = _parity_whisper(model_dir, ct2_dir, samples, opts, device, language)
     else:
         pt, ct = _parity_ctc(model_dir, ct2_dir, samples, device)
     examples = [
@@ -302,7 +312,7 @@ def transcript_wer(refs: list[str], hyps: list[str]) -> float:
     return errors / words if words else float(errors > 0)
 
 
-def _parity_whisper(model_dir, ct2_dir, samples, opts, device):
+def _parity_whisper(model_dir, ct2_dir, samples, opts, device, fixed):
     import ctranslate2
     import torch
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -312,9 +322,6 @@ def _parity_whisper(model_dir, ct2_dir, samples, opts, device):
     processor = WhisperProcessor.from_pretrained(model_dir)
     tok = processor.tokenizer
     model = WhisperForConditionalGeneration.from_pretrained(model_dir).to(device).eval()
-    info_path = model_dir / "archive_asr.json"
-    info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
-    fixed = info.get("language")
     prompts = [whisper_prompt(tok, fixed or s.language) for s in samples]
     feats = np.stack(
         [

@@ -381,7 +381,7 @@ def plan(args: argparse.Namespace) -> list[Run]:
         elif name == "multilingual":
             items = multilingual_items(args.per_language, args.english)
             for model in [args.model] if args.model else ["tiny.en", "base"]:
-                for detect in (False, True):
+                for detect in [m == "detected" for m in args.modes]:
                     label = f"{name}/{model}/{'detected' if detect else 'given'}"
                     runs.append(Run(label, name, items, model, detect, "multilingual"))
         elif name == "longform":
@@ -747,6 +747,12 @@ def main() -> None:
         "--english", type=int, default=4, help="multilingual: English utterances (default 4)"
     )
     parser.add_argument(
+        "--modes",
+        default="given,detected",
+        help="multilingual: with the catalogue's languages (given), without (detected), or both "
+        "(default: given,detected)",
+    )
+    parser.add_argument(
         "--systems",
         default=",".join(SYSTEMS),
         help="comma-separated systems to run (default: all three; targets need asr and a peer)",
@@ -756,6 +762,9 @@ def main() -> None:
     args = parser.parse_args()
     args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if set(args.modes) - {"given", "detected"}:
+        parser.error(f"--modes: given and/or detected, not {args.modes}")
     bad = [s for s in args.sets if s not in SETS] + [s for s in systems if s not in SYSTEMS]
     if bad:
         parser.error(f"unknown set(s) or system(s): {bad}")

@@ -17,7 +17,14 @@ import torch
 from asr.cli import main as cli
 from asr.engine.ctc import ctc_words
 from asr.engine.transcribe import TranscribeOptions, transcribe
-from asr.export import ExportError, ExportOptions, export, parity, parity_samples
+from asr.export import (
+    ExportError,
+    ExportOptions,
+    export,
+    parity,
+    parity_samples,
+    training_info,
+)
 from asr.train.recipe import load_recipe
 from asr.train.trainer import TrainOptions, train
 
@@ -174,7 +181,8 @@ def test_parity_check_catches_a_different_model(whisper_run, tmp_path):
     )
     ours = tmp_path / "ours"
     export(run / "final", ours, ExportOptions(check_parity=False))
-    samples = parity_samples(run / "final", ExportOptions(parity_samples=4))
+    info = training_info(run / "final")
+    samples = parity_samples(run / "final", ExportOptions(parity_samples=4), info)
     wer, _ = parity(other / "final", ours, samples, ExportOptions())
     assert wer > 0.5
     # a failed check leaves nothing behind, and the CLI says why with exit code 1

@@ -29,7 +29,7 @@ from asr.engine.inputs import collect_jobs, output_key
 from asr.engine.jobs import DB_NAME
 from asr.engine.transcribe import TranscribeOptions, transcribe
 from asr.engine.types import DecodeOptions, Window, compression_ratio
-from asr.engine.whisper import has_loop, max_tokens
+from asr.engine.whisper import NO_REPEAT_LAST, fallback_steps, has_loop, max_tokens
 
 NORM = EnglishTextNormalizer()
 ENGLISH = [  # (path in the sample archive, how its transcript is given)
@@ -601,6 +601,22 @@ def test_a_window_of_14_to_29_s_is_encoded_in_30_s_not_20_or_25(realspeech, tmp_
     assert wers["default"] <= wers["30 s"] + 0.01 and wers["default"] < 0.17, wers
 
 
+def test_the_penalty_fallback_ends_with_a_step_for_loops_only():
+    """Beam search, then a repetition penalty, then (for a window that still loops, not for one
+    merely improbable) no 3-gram twice; sampling is never part of it, and a shortened context
+    tries the first step alone (the window goes again in 30 s)."""
+    steps = fallback_steps(DecodeOptions())
+    assert [s.temperature for s in steps] == [0.0, 0.0, 0.0]
+    assert [s.loops_only for s in steps] == [False, False, True]
+    assert steps[1].kwargs["repetition_penalty"] > steps[0].kwargs["repetition_penalty"]
+    assert steps[2].kwargs["no_repeat_ngram_size"] == NO_REPEAT_LAST
+    assert all("sampling_temperature" not in s.kwargs for s in steps)
+    assert len(fallback_steps(DecodeOptions(), first_only=True)) == 1
+    sampled = fallback_steps(DecodeOptions(fallback="sample"))
+    assert [s.temperature for s in sampled] == list(DecodeOptions().temperatures)
+    assert not any(s.loops_only for s in sampled)
+
+
 def test_when_every_step_fails_a_loop_is_not_chosen(realspeech, tmp_path):
     """A Mongolian clip sends base's beam search into a loop, and the loop is the most probable
     result ('―' 70 times at log-prob -0.11); as in Whisper, the most probable result that is
@@ -615,9 +631,9 @@ def test_when_every_step_fails_a_loop_is_not_chosen(realspeech, tmp_path):
 
 def test_the_fallback_is_reproducible_alone_and_in_any_company(realspeech, tmp_path):
     """Mongolian clips that loop in base's beam search go through the fallback; each clip's
-    words are the same alone, in a batch of the others in either order, and run after run.
+    words are the same alone and in a batch of the others in either order (three runs).
     (Sampled fallback is not: ctranslate2 seeds its samplers once per thread, never per call.)"""
-    names = ["18724779", "18724780", "18580186", "18785480", "18580938"]
+    names = ["18724779", "18724780", "18580186"]
     clips = [realspeech / f"commonvoice_covost2_hfds/mn_common_voice_mn_{n}.mp3" for n in names]
 
     def run(files, out, **kw):
@@ -630,7 +646,6 @@ def test_the_fallback_is_reproducible_alone_and_in_any_company(realspeech, tmp_p
     alone = run(clips[:1], tmp_path / "alone")
     forward = run(clips, tmp_path / "forward")
     backward = run(clips[::-1], tmp_path / "backward")
-    again = run(clips, tmp_path / "again")
     assert alone[clips[0].stem] == forward[clips[0].stem]
-    assert forward == backward == again
+    assert forward == backward
     assert compression_ratio(alone[clips[0].stem]) <= 2.4, alone

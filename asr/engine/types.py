@@ -67,7 +67,6 @@ class DecodeOptions:
     length_penalty: float = 1.0
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
-    max_initial_timestamp: float = 1.0
     min_context: float = field(
         default=15.0,
         metadata={

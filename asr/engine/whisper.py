@@ -12,7 +12,7 @@ with fallback "sample"). Word timestamps come from ctranslate2's cross-attention
 alignment.
 
 faster-whisper's parts do what they do well here: loading, the mel front end, the tokenizer
-and word alignment, and splitting tokens at timestamps (a private method: version pinned). What
+and word alignment (their signatures change between minor versions: version pinned). What
 faster-whisper lacks is what this module adds: batches of packed windows of many recordings at
 once, shortened encoder contexts, and fallback per window.
 """
@@ -20,6 +20,7 @@ once, shortened encoder contexts, and fallback per window.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import ctranslate2
 import numpy as np
@@ -77,16 +78,26 @@ def has_loop(tokens: list[int], n: int = 3, max_repeats: int = 4, phrase: int = 
     return False
 
 
-def fallback_steps(opts: DecodeOptions, first_only: bool = False) -> list[tuple[float, dict]]:
-    """The settings a window is decoded with, in turn, while its result looks wrong:
-    (temperature, ctranslate2 generate() arguments). first_only: the first alone."""
+@dataclass
+class Step:
+    """One way of decoding a window: a temperature, ctranslate2 generate() arguments, and
+    whether it is tried only for a window that still loops (not for one merely improbable)."""
 
-    def step(t: float, penalty: float, ngram: int = 0) -> tuple[float, dict]:
+    temperature: float
+    kwargs: dict
+    loops_only: bool = False
+
+
+def fallback_steps(opts: DecodeOptions, first_only: bool = False) -> list[Step]:
+    """The settings a window is decoded with, in turn, while its result looks wrong.
+    first_only: the first alone."""
+
+    def step(t: float, penalty: float, ngram: int = 0, loops_only: bool = False) -> Step:
         ngram = max(ngram, opts.no_repeat_ngram_size)
         kw = dict(repetition_penalty=penalty, no_repeat_ngram_size=ngram)
         if t == 0:
-            return t, dict(kw, beam_size=opts.beam_size, patience=1.0)
-        return t, dict(kw, sampling_topk=0, sampling_temperature=t, beam_size=1)
+            return Step(t, dict(kw, beam_size=opts.beam_size, patience=1.0), loops_only)
+        return Step(t, dict(kw, sampling_topk=0, sampling_temperature=t, beam_size=1), loops_only)
 
     first, *rest = opts.temperatures
     steps = [step(first, opts.repetition_penalty)]
@@ -97,8 +108,11 @@ def fallback_steps(opts: DecodeOptions, first_only: bool = False) -> list[tuple[
     penalty = max(opts.fallback_penalty, opts.repetition_penalty)
     # last, if the penalty alone still loops: no 3-gram twice (a loop cannot start). Base on a
     # Mongolian clip loops ('―' 70 times) in both steps before it when the chunk has 0.5 s of
-    # padding; this step writes the words
-    return steps + [step(0.0, penalty), step(0.0, penalty, ngram=NO_REPEAT_LAST)]
+    # padding; this step writes the words. A window that is only improbable does not get it
+    return steps + [
+        step(0.0, penalty),
+        step(0.0, penalty, ngram=NO_REPEAT_LAST, loops_only=True),
+    ]
 
 
 class WhisperEngine:
@@ -231,29 +245,20 @@ class WhisperEngine:
                 segment_lists.append([])
                 continue
             tok = self.tokenizer(w.language, opts.task)
-            # faster-whisper's private split (pinned: faster-whisper>=1.2,<1.3 in pyproject.toml).
-            # An own copy (split_at_timestamps, this session) matched it on nine token lists but
-            # not on real decoding: multilingual base WER 34.0 -> 40.3% (benchmarks/hard_audio.py)
-            size = int(np.ceil(min(context, w.length + 0.5)) * self.fw.frames_per_second)
-            subsegments, _, _ = self.fw._split_segments_by_timestamps(
-                tokenizer=tok,
-                tokens=out["tokens"],
-                time_offset=0.0,
-                segment_size=size,
-                segment_duration=min(WINDOW_S, w.length),
-                seek=0,
-            )
+            # decoded without timestamp tokens: one segment over the whole window, which the
+            # word alignment times and _split_to_parts cuts back into the window's chunks
+            text_tokens = [t for t in out["tokens"] if t < tok.eot]
             segs = [
                 dict(
-                    text=tok.decode(s["tokens"]),
-                    tokens=s["tokens"],
-                    start=s["start"],
-                    end=min(s["end"], w.length),
+                    text=tok.decode(text_tokens),
+                    tokens=text_tokens,
+                    start=0.0,
+                    end=min(WINDOW_S, w.length),
                     seek=0,
                 )
-                for s in subsegments
-                if any(t < tok.eot for t in s["tokens"])
             ]
+            if not text_tokens:
+                segs = []
             if out["silent"]:
                 segs = []
             segment_lists.append(segs)
@@ -270,7 +275,7 @@ class WhisperEngine:
         encoder_output,
         windows: list[Window],
         opts: DecodeOptions,
-        steps: list[tuple[float, dict]],
+        steps: list[Step],
     ) -> list[dict]:
         """Generate for all windows; windows whose output looks wrong go again with the next
         step's settings (see fallback_steps). Each output says whether it still looks wrong
@@ -279,8 +284,7 @@ class WhisperEngine:
         best: list[dict | None] = [None] * n
         tried: list[list[dict]] = [[] for _ in range(n)]
         todo = list(range(n))
-        max_initial = int(round(opts.max_initial_timestamp / self.fw.time_precision))
-        for t_index, (temperature, kwargs) in enumerate(steps):
+        for t_index, step in enumerate(steps):
             if not todo:
                 break
             # every window decodes without timestamp tokens: segments come from the words, and
@@ -305,8 +309,7 @@ class WhisperEngine:
                 return_no_speech_prob=True,
                 suppress_blank=True,
                 suppress_tokens=[-1],
-                max_initial_timestamp_index=max_initial,
-                **kwargs,
+                **step.kwargs,
             )
             still = []
             for i, r in zip(todo, results):
@@ -319,7 +322,7 @@ class WhisperEngine:
                     avg_logprob=avg_logprob,
                     no_speech_prob=r.no_speech_prob,
                     compression_ratio=compression_ratio(text),
-                    temperature=temperature,
+                    temperature=step.temperature,
                     silent=False,
                     bad=False,
                 )
@@ -338,9 +341,8 @@ class WhisperEngine:
                     best[i] = out
                     continue
                 tried[i].append(out)
-                # the penalty fallback's last step (no 3-gram twice) is for loops only
-                loops_only = opts.fallback == "penalty" and t_index + 2 == len(steps) == 3
-                if bad and t_index + 1 < len(steps) and (looping or not loops_only):
+                nxt = steps[t_index + 1] if t_index + 1 < len(steps) else None
+                if bad and nxt and (looping or not nxt.loops_only):
                     still.append(i)
                 elif bad:
                     # every step failed: as Whisper and faster-whisper do, the most
