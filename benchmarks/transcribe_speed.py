@@ -44,15 +44,20 @@ def english_utterances() -> list[tuple[Path, str]]:
     return [(REALSPEECH / r["path"], r["transcript"]) for r in rows]
 
 
-def long_recordings(utts, out: Path, n: int) -> list[tuple[Path, str]]:
-    """n recordings, each the concatenation of every n-th utterance with 0.5 s pauses."""
+def long_recordings(utts, out: Path, n: int, minutes: float = 0) -> list[tuple[Path, str]]:
+    """n recordings, each the concatenation of every n-th utterance with 0.5 s pauses, taken
+    again in turn until the recording lasts `minutes` (0: each utterance once)."""
     out.mkdir(parents=True, exist_ok=True)
+    clips = [(np.concatenate([load(p), np.zeros(8000, np.float32)]), t) for p, t in utts]
     recs = []
     for k in range(n):
-        part = utts[k::n]
-        audio = np.concatenate(
-            [np.concatenate([load(p), np.zeros(8000, np.float32)]) for p, _ in part]
-        )
+        part, total, i = [], 0, 0
+        share = clips[k::n]
+        while i < len(share) or total < minutes * 60 * 16000:
+            part.append(share[i % len(share)])
+            total += part[-1][0].size
+            i += 1
+        audio = np.concatenate([a for a, _ in part])
         path = out / f"long{k}.flac"
         sf.write(path, audio, 16000)
         recs.append((path, " ".join(t for _, t in part)))
@@ -138,7 +143,20 @@ def main() -> None:
     parser.add_argument("--compute-type", default="int8")
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: all)")
-    parser.add_argument("--long", type=int, default=4, help="how many long recordings")
+    parser.add_argument("--long", type=int, default=4, help="how many long recordings (default 4)")
+    parser.add_argument(
+        "--long-minutes",
+        type=float,
+        default=10,
+        help="each long recording repeats its utterances up to this length (default 10; 0: "
+        "each once, about 1.5 min)",
+    )
+    parser.add_argument(
+        "--systems",
+        default="fw-sequential,fw-batched,asr",
+        help="comma-separated systems (default: fw-sequential,fw-batched,asr; fw-batched is "
+        "the one ratios are taken against)",
+    )
     parser.add_argument("--long-hours", type=float, default=0, help="peak RSS run; 0: skip")
     parser.add_argument("--no-words", action="store_true", help="asr without word timestamps")
     parser.add_argument(
@@ -148,6 +166,8 @@ def main() -> None:
     )
     parser.add_argument("--only", choices=["short", "long"], help="one collection only")
     args = parser.parse_args()
+    if "fw-batched" not in args.systems.split(","):
+        parser.error("--systems: fw-batched is needed (the ratios are against it)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     model_path = str(resolve_model(args.model).path)
@@ -157,7 +177,7 @@ def main() -> None:
         work = Path(tmp)
         collections = {
             "short": utts,
-            "long": long_recordings(utts, work / "long", args.long),
+            "long": long_recordings(utts, work / "long", args.long, args.long_minutes),
         }
         for name, items in collections.items():
             if args.only and name != args.only:
@@ -165,7 +185,7 @@ def main() -> None:
             audio_s = sum(sf.info(p).duration for p, _ in items)
             refs = [t for _, t in items]
             res = {}
-            for system in ("fw-sequential", "fw-batched", "asr"):
+            for system in args.systems.split(","):
                 if system == "asr":
                     wall, hyps = run_asr(items, args, work / f"out-{name}")
                 else:
