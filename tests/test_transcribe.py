@@ -29,7 +29,13 @@ from asr.engine.inputs import collect_jobs, output_key
 from asr.engine.jobs import DB_NAME
 from asr.engine.transcribe import TranscribeOptions, transcribe
 from asr.engine.types import DecodeOptions, Window, compression_ratio
-from asr.engine.whisper import NO_REPEAT_LAST, fallback_steps, has_loop, max_tokens
+from asr.engine.whisper import (
+    NO_REPEAT_LAST,
+    drop_crammed_repeats,
+    fallback_steps,
+    has_loop,
+    max_tokens,
+)
 
 NORM = EnglishTextNormalizer()
 ENGLISH = [  # (path in the sample archive, how its transcript is given)
@@ -599,6 +605,30 @@ def test_a_window_of_14_to_29_s_is_encoded_in_30_s_not_20_or_25(realspeech, tmp_
             assert {c for c, _, n in seen if n > 14} == {30.0}, seen
             assert {c for c, _, n in seen if n <= 14} == {15.0}, seen
     assert wers["default"] <= wers["30 s"] + 0.01 and wers["default"] < 0.17, wers
+
+
+def test_a_phrase_written_twice_with_no_time_for_one_copy_is_dropped():
+    """tiny.en on AMI (ami_trn08): "I think it should be a break for ads." aligned over 10-15 s,
+    then the same eight words all at 15.0-15.2 s. The crammed copy goes; a phrase aligned to
+    time twice (said twice) and a short repeat ("no, no") stay."""
+
+    def words(text, start, step):
+        return [
+            dict(word=" " + w, start=start + i * step, end=start + (i + 1) * step, probability=0.9)
+            for i, w in enumerate(text.split())
+        ]
+
+    phrase = "I think it should be a break for ads."
+    said = words(phrase, 10.0, 0.6)
+    crammed = words(phrase.replace(".", ","), 15.0, 0.025)
+    after = words("but I think maybe", 15.8, 0.4)
+    kept = drop_crammed_repeats(said + crammed + after)
+    assert kept == said + after
+    assert drop_crammed_repeats(crammed + said + after) == said + after
+    twice = said + words(phrase, 15.0, 0.5)
+    assert drop_crammed_repeats(twice) == twice
+    short = words("no no no", 1.0, 0.01)
+    assert drop_crammed_repeats(short) == short
 
 
 def test_the_penalty_fallback_ends_with_a_step_for_loops_only():

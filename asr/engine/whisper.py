@@ -36,6 +36,7 @@ from asr.engine.types import (
     compression_ratio,
     segments_from_words,
 )
+from asr.textnorm import match_key
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,32 @@ class Step:
     temperature: float
     kwargs: dict
     loops_only: bool = False
+
+
+CRAMMED_S_PER_WORD = 0.05
+"""A phrase aligned to less time than this per word was not heard there (speech takes at least
+0.15 s a word)."""
+
+
+def drop_crammed_repeats(words: list[dict], shortest: int = 4) -> list[dict]:
+    """Words without a phrase of `shortest` or more words written twice in a row of which one
+    copy is crammed into almost no time: the alignment found no audio for it, so the model
+    wrote it from its own text. tiny.en on an AMI meeting: "I think it should be a break for
+    ads." at 10-15 s, then the same eight words all at 15.0-15.2 s. A phrase really said twice
+    is aligned to time twice and stays."""
+    keys = [match_key(w["word"]) for w in words]
+    n = shortest
+    while n <= len(words) // 2:
+        for i in range(len(words) - 2 * n + 1):
+            if keys[i : i + n] != keys[i + n : i + 2 * n] or not all(keys[i : i + n]):
+                continue
+            spans = [words[j + n - 1]["end"] - words[j]["start"] for j in (i, i + n)]
+            crammed = [k for k in (0, 1) if spans[k] < CRAMMED_S_PER_WORD * n]
+            if crammed:
+                j = i + n * min(crammed, key=lambda k: spans[k])
+                return drop_crammed_repeats(words[:j] + words[j + n :], shortest)
+        n += 1
+    return words
 
 
 def fallback_steps(opts: DecodeOptions, first_only: bool = False) -> list[Step]:
@@ -403,18 +430,18 @@ class WhisperEngine:
         per_part: list[list[dict]] = [[] for _ in w.parts]
         if opts.word_timestamps:
             words: list[list[dict]] = [[] for _ in w.parts]
-            for s in segs:
-                for x in s.get("words") or []:
-                    k = part_of((x["start"] + x["end"]) / 2)
-                    p = w.parts[k]
-                    words[k].append(
-                        dict(
-                            word=x["word"],
-                            start=round(min(p.duration, max(0.0, x["start"] - p.offset)), 3),
-                            end=round(min(p.duration, max(0.0, x["end"] - p.offset)), 3),
-                            probability=round(float(x["probability"]), 4),
-                        )
+            heard = drop_crammed_repeats([x for s in segs for x in s.get("words") or []])
+            for x in heard:
+                k = part_of((x["start"] + x["end"]) / 2)
+                p = w.parts[k]
+                words[k].append(
+                    dict(
+                        word=x["word"],
+                        start=round(min(p.duration, max(0.0, x["start"] - p.offset)), 3),
+                        end=round(min(p.duration, max(0.0, x["end"] - p.offset)), 3),
+                        probability=round(float(x["probability"]), 4),
                     )
+                )
             per_part = [segments_from_words(ws, opts.max_segment_chars) for ws in words]
         else:
             for s in segs:
