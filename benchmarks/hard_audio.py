@@ -611,8 +611,7 @@ def figures(run: Run, hyps: dict[str, Hyp], norms: Norms, boot: int) -> dict:
             e, m = start_errors(it, h)
             errs += e
             missed += m
-    d: dict = {"failed": sum(1 for h in hyps.values() if h.error)}
-    d["errors"] = sorted({h.error for h in hyps.values() if h.error})[:5]
+    d = common_figures(run, hyps)
     d["twice_sentences"], d["twice_8grams"] = twice
     if any(it.quiet for it in run.items):
         d["words_in_quiet"] = sum(quiet.values())
@@ -628,22 +627,19 @@ def figures(run: Run, hyps: dict[str, Hyp], norms: Norms, boot: int) -> dict:
         d["start_err_median"] = float(np.median(errs)) if errs else None
         d["start_err_p95"] = float(np.percentile(errs, 95)) if errs else None
         d["start_missed"] = missed
+    return d
+
+
+def common_figures(run: Run, hyps: dict[str, Hyp]) -> dict:
+    """Failures and, where languages are detected, language identification: all there is of
+    a --lid-only peer (nothing decoded, no WER)."""
+    d: dict = {"failed": sum(1 for h in hyps.values() if h.error)}
+    d["errors"] = sorted({h.error for h in hyps.values() if h.error})[:5]
     if run.detect:
         right = sum(1 for it in run.items if hyps[it.key].language == it.language)
         d["lid_accuracy"] = right / len(run.items)
         d["languages"] = dict(Counter(str(hyps[it.key].language) for it in run.items))
     return d
-
-
-def lid_figures(run: Run, hyps: dict[str, Hyp]) -> dict:
-    """Language identification alone (--lid-only peers: nothing decoded, no WER)."""
-    right = sum(1 for it in run.items if hyps[it.key].language == it.language)
-    return {
-        "failed": sum(1 for h in hyps.values() if h.error),
-        "errors": sorted({h.error for h in hyps.values() if h.error})[:5],
-        "lid_accuracy": right / len(run.items),
-        "languages": dict(Counter(str(hyps[it.key].language) for it in run.items)),
-    }
 
 
 def targets(res: dict[str, dict], boot: int) -> dict:
@@ -806,16 +802,13 @@ def main() -> None:
         r.update(items=len(run.items), systems={})
         for system in systems:
             crash = None
+            lid_only = system != "asr" and args.lid_only and run.detect
             if system == "asr":
                 out = Path(args.work) / "out" / run.name.replace("/", "-")
                 wall, hyps, crash = run_asr(run, out)
             else:
-                lid_only = args.lid_only and run.detect
                 wall, hyps = peers.run(run, batched=system == "fw-batched", lid_only=lid_only)
-            if system != "asr" and args.lid_only and run.detect:
-                d = lid_figures(run, hyps)
-            else:
-                d = figures(run, hyps, norms, args.boot)
+            d = common_figures(run, hyps) if lid_only else figures(run, hyps, norms, args.boot)
             d.update(wall_s=wall, rtfx=audio_s / wall if wall else 0.0, crash=crash)
             d["hypotheses"] = {k: asdict(h) for k, h in hyps.items()}
             r["systems"][system] = d

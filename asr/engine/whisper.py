@@ -100,6 +100,13 @@ def drop_crammed_repeats(words: list[dict], shortest: int = 4) -> list[dict]:
     wrote it from its own text. tiny.en on an AMI meeting: "I think it should be a break for
     ads." at 10-15 s, then the same eight words all at 15.0-15.2 s. A phrase really said twice
     is aligned to time twice and stays."""
+    # most windows have nothing crammed: done in one pass. A crammed copy of n >= shortest words
+    # holds n // shortest runs of `shortest` words in under CRAMMED_S_PER_WORD * n seconds in
+    # all, so one of them takes under CRAMMED_S_PER_WORD * (2 * shortest - 1) (n / (n //
+    # shortest) is largest at n = 2 * shortest - 1)
+    short = CRAMMED_S_PER_WORD * (2 * shortest - 1)
+    if not any(b["end"] - a["start"] < short for a, b in zip(words, words[shortest - 1 :])):
+        return words
     keys = [match_key(w["word"]) for w in words]
     n = shortest
     while n <= len(words) // 2:
@@ -275,20 +282,14 @@ class WhisperEngine:
             # decoded without timestamp tokens: one segment over the whole window, which the
             # word alignment times and _split_to_parts cuts back into the window's chunks
             text_tokens = [t for t in out["tokens"] if t < tok.eot]
-            segs = [
-                dict(
-                    text=tok.decode(text_tokens),
-                    tokens=text_tokens,
-                    start=0.0,
-                    end=min(WINDOW_S, w.length),
-                    seek=0,
-                )
-            ]
-            if not text_tokens:
-                segs = []
-            if out["silent"]:
-                segs = []
-            segment_lists.append(segs)
+            one = dict(
+                text=tok.decode(text_tokens),
+                tokens=text_tokens,
+                start=0.0,
+                end=min(WINDOW_S, w.length),
+                seek=0,
+            )
+            segment_lists.append([] if out["silent"] or not text_tokens else [one])
         if opts.word_timestamps:
             self._add_words(feats, windows, segment_lists, encoder_output, context, opts)
         return [
