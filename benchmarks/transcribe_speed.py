@@ -165,6 +165,13 @@ def main() -> None:
         help="faster-whisper with word timestamps too (the same work as asr's default)",
     )
     parser.add_argument("--only", choices=["short", "long"], help="one collection only")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every system this many times, the order reversed each round, and report the "
+        "median RTFx (default 1): one pair of runs on a shared machine can be off by 0.3x",
+    )
     args = parser.parse_args()
     if "fw-batched" not in args.systems.split(","):
         parser.error("--systems: fw-batched is needed (the ratios are against it)")
@@ -184,14 +191,26 @@ def main() -> None:
                 continue
             audio_s = sum(sf.info(p).duration for p, _ in items)
             refs = [t for _, t in items]
-            res = {}
-            for system in args.systems.split(","):
-                if system == "asr":
-                    wall, hyps = run_asr(items, args, work / f"out-{name}")
-                else:
-                    wall, hyps = run_faster_whisper(items, model_path, args, system == "fw-batched")
-                res[system] = {"rtfx": audio_s / wall, "wer": wer(refs, hyps), "wall": wall}
-                log.info("%s %s: %s", name, system, json.dumps(res[system]))
+            systems = args.systems.split(",")
+            runs: dict[str, list[dict]] = {s: [] for s in systems}
+            for round_ in range(args.repeat):
+                for system in systems if round_ % 2 == 0 else systems[::-1]:
+                    if system == "asr":
+                        out = work / f"out-{name}-{round_}"
+                        wall, hyps = run_asr(items, args, out)
+                    else:
+                        batched = system == "fw-batched"
+                        wall, hyps = run_faster_whisper(items, model_path, args, batched)
+                    r = {"rtfx": audio_s / wall, "wer": wer(refs, hyps), "wall": wall}
+                    runs[system].append(r)
+                    log.info("%s %s: %s", name, system, json.dumps(r))
+            res = {
+                s: {
+                    "rtfx": float(np.median([r["rtfx"] for r in rs])),
+                    "wer": float(np.median([r["wer"] for r in rs])),
+                }
+                for s, rs in runs.items()
+            }
             base = res["fw-batched"]
             for system, r in res.items():
                 rows.append(

@@ -36,6 +36,7 @@ from asr.engine.whisper import (
     has_loop,
     max_tokens,
 )
+from asr.models import resolve_model
 
 NORM = EnglishTextNormalizer()
 ENGLISH = [  # (path in the sample archive, how its transcript is given)
@@ -349,6 +350,17 @@ def test_long_recording_is_transcribed_end_to_end(realspeech, tmp_path):
     assert segs[-1]["end"] > doc["duration"] - 15 and segs[0]["start"] < 5
     assert all(a["start"] <= b["start"] for a, b in zip(segs, segs[1:]))
     assert _wer(" ".join(text), doc["text"]) < 0.2
+
+
+def test_features_of_a_short_context_are_the_start_of_a_30_s_window(realspeech):
+    """A 15 s context's mel frames are computed over 15 s of audio, not 30 s then cut: the
+    same numbers (Whisper's log-mel clamp is taken from the loudest frame, which is audio)."""
+    engine = whisper_engine.WhisperEngine(str(resolve_model(None).path), compute_type="int8")
+    audio = load(realspeech / "ljspeech_coqui" / "LJ001-0001.wav")  # 9.7 s
+    short, full = engine.features(audio, 15.0), engine.features(audio, 30.0)
+    assert short.shape == (80, 1500) and full.shape == (80, 3000)
+    assert np.abs(short - full[:, :1500]).max() < 1e-5
+    assert np.abs(short[:, :900]).max() > 0.1  # the clip is in it
 
 
 def test_guards_and_output_names():
