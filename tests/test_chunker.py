@@ -86,6 +86,41 @@ def test_the_planner_holds_the_same_audio_for_a_long_stream():
     assert held[1] <= held[0] + SAMPLE_RATE
 
 
+class _CountingNumpy:
+    """numpy as asr.chunks sees it, adding up the elements its array scans and copies touch."""
+
+    def __init__(self):
+        self.touched = 0
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def argmin(self, a, *args, **kw):
+        self.touched += a.size
+        return np.argmin(a, *args, **kw)
+
+    def concatenate(self, arrays, *args, **kw):
+        self.touched += sum(x.size for x in arrays)
+        return np.concatenate(arrays, *args, **kw)
+
+
+@pytest.mark.parametrize("kind", ["constant", "pauses"])
+def test_the_planners_work_is_linear_in_the_stream_length(kind, monkeypatch):
+    """Counted, not timed: the elements scanned and copied per frame are the same for 40 min as
+    for 5 min (a quadratic planner, as the first one was, touches 8x more per frame)."""
+    from asr import chunks
+
+    per_frame = []
+    for minutes in (5, 40):
+        counter = _CountingNumpy()
+        monkeypatch.setattr(chunks, "np", counter)
+        rng = np.random.default_rng(2)
+        probs = _probabilities(kind, minutes * 60, rng)
+        _plan(probs, rng, 1000)
+        per_frame.append(counter.touched / probs.size)
+    assert per_frame[0] > 0 and per_frame[1] <= 1.1 * per_frame[0], per_frame
+
+
 def test_continuous_speech_is_cut_below_the_limit_without_loss():
     rng = np.random.default_rng(3)
     probs = _probabilities("constant", 300.0, rng)
