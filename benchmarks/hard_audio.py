@@ -380,7 +380,9 @@ def plan(args: argparse.Namespace) -> list[Run]:
             runs.append(Run(name, name, items, english, False, "whisper-english"))
         elif name == "multilingual":
             items = multilingual_items(args.per_language, args.english)
-            for model in [args.model] if args.model else ["tiny.en", "base"]:
+            # default: asr without --model (tiny.en, and base for other languages), the
+            # peers on tiny.en
+            for model in [args.model] if args.model else ["default", "base"]:
                 for detect in [m == "detected" for m in args.modes]:
                     label = f"{name}/{model}/{'detected' if detect else 'given'}"
                     runs.append(Run(label, name, items, model, detect, "multilingual"))
@@ -426,7 +428,7 @@ def run_asr(run: Run, out: Path) -> tuple[float, dict[str, Hyp], str | None]:
         )
     write_manifest(manifest, recs)
     opts = TranscribeOptions(
-        model=run.model,
+        model=None if run.model == "default" else run.model,
         language=None,
         compute_type="int8",
         formats=("json",),
@@ -738,8 +740,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--model",
-        help="one model for every set (default: tiny.en for the English sets, base for longform, "
-        "both for multilingual)",
+        help="one model for every set (default: tiny.en for the English sets, base for longform; "
+        "for multilingual both base and the default: asr without --model, which hands other "
+        "languages to base, against the peers on tiny.en)",
     )
     parser.add_argument(
         "--work",
