@@ -170,7 +170,9 @@ def cached(folder: Path, build: Callable[[Path], list[Item]]) -> list[Item]:
 
 
 def sox(*args: object) -> None:
-    subprocess.run(["sox", *map(str, args)], check=True, capture_output=True)
+    # -R: sox's noise (drums, plucked strings) and dither from its default seed, so the music
+    # bed is the same on every build (without it each build's bed, and WER, differ)
+    subprocess.run(["sox", "-R", *map(str, args)], check=True, capture_output=True)
 
 
 def music_bed(folder: Path, seconds: float) -> np.ndarray:
