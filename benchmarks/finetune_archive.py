@@ -7,8 +7,10 @@ first 60% of each recording train, the next 10% dev, the last 30% test: the same
 unheard sentences) -> `train` (recipes/whisper-finetune-cpu.yaml, model.name = the starting
 model's CTranslate2 folder) -> `export` (CTranslate2, float16) -> `bench`, before and after,
 on the held-out parts and on the general set (the real speech's utterances, 22 languages):
-WER with the paired bootstrap interval of the change (asr.bench compare). Also the time of each
-stage and the peak memory.
+WER with the paired bootstrap interval of the change (asr.bench compare). Then word timestamps,
+before and after: the first-word start error of `asr transcribe` on benchmarks/hard_audio.py's
+pauses set (real utterances at onsets known by construction; the aligned segments carry no word
+times of their own). Also the time of each stage and the peak memory.
 
     python benchmarks/finetune_archive.py                  # base, about 30 minutes on 2 cores
     python benchmarks/finetune_archive.py --model tiny.en  # English recordings only
@@ -112,6 +114,29 @@ def timestamps_kept(model_dir: Path, shards: Path) -> dict:
     }
 
 
+def word_starts(model_dir: Path, work: Path) -> dict:
+    """First-word start error of `asr transcribe` with the model on benchmarks/hard_audio.py's
+    pauses set (20 real English utterances between 5-30 s of non-speech, onsets known by
+    construction, not by any model's alignment): median and p95 seconds, utterances with no
+    word, words inside the non-speech, WER."""
+    from benchmarks.hard_audio import Norms, Run, build_pauses, cached, figures, run_asr
+
+    items = cached(ROOT / "build" / "hard_audio" / "pauses", build_pauses)
+    run = Run("pauses", "pauses", items, str(model_dir), False, "whisper-english")
+    shutil.rmtree(work, ignore_errors=True)
+    _, hyps, crash = run_asr(run, work)
+    if crash:
+        raise RuntimeError(crash)
+    f = figures(run, hyps, Norms(), 200)
+    return {
+        "median_s": round(f["start_err_median"], 3),
+        "p95_s": round(f["start_err_p95"], 3),
+        "utterances_without_words": f["start_missed"],
+        "words_in_nonspeech": f.get("words_in_quiet"),
+        "wer": round(f["wer"], 4),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="base", help="starting model: base or tiny.en")
@@ -199,6 +224,13 @@ def main() -> None:
     stamps = {"before": timestamps_kept(start, shards), "after": timestamps_kept(tuned, shards)}
     log.info("timestamps written on held-out samples: %s", stamps)
     done("timestamps")
+    stage("word starts")
+    starts = {
+        "before": word_starts(start, out / "starts-before"),
+        "after": word_starts(tuned, out / "starts-after"),
+    }
+    log.info("first-word start error on the pauses set: %s", starts)
+    done("word starts")
 
     changes = compare(db, before.run_id, after.run_id)
     peak = max(
@@ -214,6 +246,7 @@ def main() -> None:
         "changes": changes,
         "curve": res.evaluations,
         "timestamps": stamps,
+        "word_starts": starts,
         "best": {"step": res.best_step, "dev_wer": res.best_wer},
         "times_s": times,
         "total_s": sum(times.values()),
@@ -222,7 +255,11 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     print(
         json.dumps(
-            {k: report[k] for k in ("samples", "times_s", "total_s", "peak_rss_mib")}, indent=1
+            {
+                k: report[k]
+                for k in ("samples", "times_s", "total_s", "peak_rss_mib", "word_starts")
+            },
+            indent=1,
         )
     )
     for c in changes:
