@@ -86,6 +86,18 @@ def test_the_planner_holds_the_same_audio_for_a_long_stream():
     assert held[1] <= held[0] + SAMPLE_RATE
 
 
+def test_long_speech_is_cut_in_the_second_half_of_the_limit():
+    """One region of 60 s (VAD hears no pause, as under a music bed) with two dips that stay
+    speech: a deeper one 10 s in and a shallower one 20 s in. The cut takes the one in the
+    second half of the 28 s limit, so the first chunk fills most of its window."""
+    probs = np.full(int(60 / FRAME_S), 0.9, np.float32)
+    for at, p in ((10.0, 0.55), (20.0, 0.6)):
+        probs[int(at / FRAME_S)] = p
+    chunks, _ = _plan(probs, np.random.default_rng(0), 500)
+    assert abs(chunks[0][1] - 20.0) < 2 * FRAME_S, [(s, e) for s, e, _ in chunks]
+    assert sum(e - s for s, e, _ in chunks) == pytest.approx(60.0, abs=0.1)
+
+
 class _CountingNumpy:
     """numpy as asr.chunks sees it, adding up the elements its array scans and copies touch."""
 
