@@ -12,7 +12,7 @@ before and after: the first-word start error of `asr transcribe` on benchmarks/h
 pauses set (real utterances at onsets known by construction; the aligned segments carry no word
 times of their own). Also the time of each stage and the peak memory.
 
-    python benchmarks/finetune_archive.py                  # base, about 30 minutes on 2 cores
+    python benchmarks/finetune_archive.py                  # base, about 15 minutes on 2 cores
     python benchmarks/finetune_archive.py --model tiny.en  # English recordings only
     python benchmarks/finetune_archive.py --set optim.lr=3e-5 --set optim.max_steps=80
 

@@ -7,7 +7,8 @@ Sets, built under --work from ../shared/data/realspeech and ../shared/data/diari
   pauses            20 LJSpeech utterances between 5-30 s stretches of digital silence, pink
                     noise, steady tones and clapping (seeded), true onsets known;
   multilingual      the non-English utterances (--per-language per language) and some English,
-                    with the catalogue's languages and detected, tiny.en and base;
+                    with the catalogue's languages and detected, base and the default
+                    (asr without --model);
   longform          the LibriVox recordings (en, de, es; base, catalogue languages);
   ami, call         AMI meeting excerpts (words where the RTTM says nobody speaks, RTFx) and
                     the telephone call scored against the words of sample.stm.
