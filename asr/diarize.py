@@ -98,8 +98,8 @@ class DiarizeOptions:
     seconds, a real speaker minutes (3 voices repeated for 60 min gave 7 speakers without it;
     benchmarks/diarization.py: 0.02 and 0.03 alike on DER, 0.03 gets more counts right)."""
     min_fit_speech: float = 0.2
-    """Seconds a local speaker must talk in a window for its embedding to help form the
-    clusters (shorter ones are only assigned to them)."""
+    """Seconds of speech a piece needs for its embedding to help form the clusters (shorter
+    ones are only assigned to them)."""
     min_local_speech: float = 1.0
     """Seconds each of several local speakers must talk within one 10 s window for that window
     to prove that many distinct speakers (a lower bound on the count)."""
@@ -109,7 +109,7 @@ class DiarizeOptions:
     """A local speaker's speech is embedded in pieces of at least this many seconds, cut at its
     pauses (None: one embedding per local speaker and window). Segmentation sometimes gives
     two people who take turns within its 10 s window one local speaker; pieces let clustering
-    tell them apart (benchmarks/diarization.py, conversations: DER 5.1% -> 0.9%)."""
+    tell them apart (benchmarks/diarization.py, conversations: DER 5.1% -> 1.1%)."""
     piece_gap: float = 0.3
     """Pauses of at least this many seconds in a local speaker's speech may end a piece."""
     min_duration_on: float = 0.0
