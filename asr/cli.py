@@ -539,7 +539,8 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from asr.engine.transcribe import limit_malloc_arenas, transcribe
+    from asr.engine.memory import limit_malloc_arenas
+    from asr.engine.transcribe import transcribe
     from asr.engine.types import BackendOptions, DecodeOptions, TranscribeOptions
 
     limit_malloc_arenas()

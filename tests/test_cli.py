@@ -156,7 +156,7 @@ def test_options_that_could_not_be_set_can(tmp_path, monkeypatch):
         return asr.align.AlignResult()
 
     monkeypatch.setattr(asr.engine.transcribe, "transcribe", fake_transcribe)
-    monkeypatch.setattr(asr.engine.transcribe, "limit_malloc_arenas", lambda: None)
+    monkeypatch.setattr("asr.engine.memory.limit_malloc_arenas", lambda: None)
     monkeypatch.setattr(asr.align, "align", fake_align)
     out = str(tmp_path / "o")
     args = ["--temperatures", "0,0.4", "--fallback", "sample"]
@@ -181,7 +181,7 @@ def test_options_read_back_as_before(tmp_path, monkeypatch):
         "transcribe",
         lambda i, o, opts: got.append(opts) or TranscribeResult(),
     )
-    monkeypatch.setattr(asr.engine.transcribe, "limit_malloc_arenas", lambda: None)
+    monkeypatch.setattr("asr.engine.memory.limit_malloc_arenas", lambda: None)
     base = ["transcribe", "a.wav", "--out", str(tmp_path / "o")]
     assert cli.main(base) == 0
     assert got[-1] == TranscribeOptions(progress=None)

@@ -160,7 +160,7 @@ def run_in_process(ts: TestSetSpec, model: ModelSpec, predictions: Path) -> dict
 
 
 def _main(argv: list[str]) -> int:
-    from asr.engine.transcribe import limit_malloc_arenas
+    from asr.engine.memory import limit_malloc_arenas
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     limit_malloc_arenas()  # as the `asr transcribe` CLI does: this process is ours alone

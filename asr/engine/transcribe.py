@@ -12,7 +12,6 @@ continues it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import logging
@@ -53,17 +52,6 @@ class TranscribeResult:
     @property
     def rtfx(self) -> float:
         return self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
-
-
-def limit_malloc_arenas(n: int = 2) -> None:
-    """Cap glibc's malloc arenas for this process (no-op elsewhere); for the CLI, which owns it.
-
-    glibc gives each thread that contends for the heap an arena of its own (up to 8 per core),
-    and freed memory stays in them; with the decoding thread and two model threads, the peak RSS
-    of a 1.5 h recording was 830 MiB, 660-730 MiB with two arenas, at the same speed (measured).
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(-8, n)  # -8: M_ARENA_MAX
 
 
 def transcribe(

@@ -24,6 +24,7 @@ import numpy as np
 from asr.audio import SAMPLE_RATE
 from asr.engine.ctc import CtcEngine
 from asr.engine.inputs import Job
+from asr.engine.memory import release_free_memory
 from asr.engine.producer import producer
 from asr.engine.stitch import stitch
 from asr.engine.types import WINDOW_S, Finished, PartResult, TranscribeOptions, Window
@@ -210,6 +211,7 @@ class Transcriber:
             self._model_idle.clear()
         try:
             while exited < n_workers or self._ready or self._inflight or _diarizing(pending):
+                release_free_memory()
                 msg = None
                 busy = self._ready or self._inflight
                 if exited < n_workers:
