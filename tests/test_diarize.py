@@ -18,24 +18,32 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def two_voices():
-    """LJSpeech (female, English) and an MLS Polish reader (male) taking turns of 3 to 8 s,
-    with 0.6 to 1.2 s pauses between them: (samples, [(start, end, voice)])."""
-    a, b = voice_pieces("lj"), voice_pieces("pl")
-    rng = np.random.default_rng(7)
+def _take_turns(turns, pauses: tuple[float, float], seed: int):
+    """(voice, samples) turns placed one after the other at the same loudness, with pauses
+    drawn from the range: (samples, [(start, end, voice)])."""
+    rng = np.random.default_rng(seed)
     parts, ref, t = [], [], 0.5
-    for i in range(8):
-        pool = a if i % 2 == 0 else b
-        x = np.concatenate([p for p in pool[i // 2 * 3 : i // 2 * 3 + 3]])[: 8 * SR]
-        x = x / max(np.sqrt((x**2).mean()), 1e-6) * 0.05
-        parts.append((t, x))
-        ref.append((t, t + len(x) / SR, "lj" if i % 2 == 0 else "pl"))
-        t += len(x) / SR + rng.uniform(0.6, 1.2)
+    for voice, x in turns:
+        parts.append((t, x / max(np.sqrt((x**2).mean()), 1e-6) * 0.05))
+        ref.append((t, t + len(x) / SR, voice))
+        t += len(x) / SR + rng.uniform(*pauses)
     out = np.zeros(int((t + 0.5) * SR), dtype=np.float32)
     for s, x in parts:
         out[int(s * SR) : int(s * SR) + len(x)] += x
     return out, ref
+
+
+@pytest.fixture(scope="module")
+def two_voices():
+    """LJSpeech (female, English) and an MLS Polish reader (male) taking turns of 3 to 8 s,
+    with 0.6 to 1.2 s pauses between them: (samples, [(start, end, voice)])."""
+    pools = {"lj": voice_pieces("lj"), "pl": voice_pieces("pl")}
+    turns = []
+    for i in range(8):
+        voice = "lj" if i % 2 == 0 else "pl"
+        pieces = pools[voice][i // 2 * 3 : i // 2 * 3 + 3]
+        turns.append((voice, np.concatenate(pieces)[: 8 * SR]))
+    return _take_turns(turns, (0.6, 1.2), seed=7)
 
 
 def test_two_voices_two_speakers_and_boundaries(two_voices):
@@ -75,18 +83,11 @@ def quick_turns():
     pools = {
         v: [p for p in voice_pieces(v) if 1.2 * SR <= len(p) <= 3.5 * SR] for v in "de en".split()
     }
-    rng = np.random.default_rng(3)
-    parts, ref, t = [], [], 0.5
+    turns = []
     for i in range(24):
         voice = "de" if i % 2 == 0 else "en"
-        x = pools[voice][(i // 2) % len(pools[voice])]
-        parts.append((t, x / max(np.sqrt((x**2).mean()), 1e-6) * 0.05))
-        ref.append((t, t + len(x) / SR, voice))
-        t += len(x) / SR + rng.uniform(0.3, 0.6)
-    out = np.zeros(int((t + 0.5) * SR), dtype=np.float32)
-    for s, x in parts:
-        out[int(s * SR) : int(s * SR) + len(x)] += x
-    return out, ref
+        turns.append((voice, pools[voice][(i // 2) % len(pools[voice])]))
+    return _take_turns(turns, (0.3, 0.6), seed=3)
 
 
 def test_quick_turns_keep_their_speakers(quick_turns):
