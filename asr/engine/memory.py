@@ -6,7 +6,8 @@ import contextlib
 import ctypes
 import time
 
-_TRIM: list = []  # glibc's malloc_trim and when it last ran, once limit_malloc_arenas set it up
+_malloc_trim = None  # glibc's, once limit_malloc_arenas has set the process up
+_last_trim = 0.0  # time.monotonic() of the last call
 
 
 def limit_malloc_arenas(n: int = 2) -> None:
@@ -17,10 +18,11 @@ def limit_malloc_arenas(n: int = 2) -> None:
     and freed memory stays in them; with the decoding thread and two model threads, the peak RSS
     of a 1.5 h recording was 830 MiB, 660-730 MiB with two arenas, at the same speed (measured).
     """
+    global _malloc_trim
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-8, n)  # -8: M_ARENA_MAX
-        _TRIM[:] = [libc.malloc_trim, 0.0]
+        _malloc_trim = libc.malloc_trim
 
 
 def release_free_memory(every: float = 2.0) -> None:
@@ -28,6 +30,10 @@ def release_free_memory(every: float = 2.0) -> None:
     `every` seconds; only in a process limit_malloc_arenas set up. Freed pages inside the
     arenas otherwise stay counted: with --diarize an hour's RSS drifted up about 80 MiB under
     swings of 150 MiB; trimmed every 2 s it stayed flat, at the same speed (measured)."""
-    if _TRIM and time.monotonic() - _TRIM[1] >= every:
-        _TRIM[1] = time.monotonic()
-        _TRIM[0](0)
+    global _last_trim
+    if _malloc_trim is None:
+        return
+    now = time.monotonic()
+    if now - _last_trim >= every:
+        _last_trim = now
+        _malloc_trim(0)
