@@ -61,6 +61,62 @@ def test_two_voices_two_speakers_and_boundaries(two_voices):
     assert abs(speech - sum(e - s for s, e, _ in ref)) <= 0.5 * len(ref)
 
 
+def test_models_run_in_onnx_runtime_as_in_torch(two_voices):
+    """On the CPU both models run in ONNX Runtime: the same outputs as torch on real speech, at
+    a batch size other than the export's, with one thread and with two."""
+    import torch
+
+    from asr.diarize import _embedding_trunk, _fbank, _segmentation_model
+
+    samples = two_voices[0]
+    win = int(10 * SR)
+    x = torch.from_numpy(np.stack([samples[:win], samples[win : 2 * win]]))
+    seg = _segmentation_model("cpu")[0]
+    feats = torch.stack([_fbank(c) for c in x])
+    trunk = _embedding_trunk("cpu")[1]
+    threads = torch.get_num_threads()
+    try:
+        for fast, inp in ((seg, x[:, None]), (trunk, feats)):
+            assert fast.onnx is not None
+            with torch.inference_mode():
+                want = fast.module(inp)
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                got = fast(inp)
+                assert got.shape == want.shape
+                assert torch.allclose(got, want, atol=2e-3, rtol=1e-3), (
+                    n,
+                    (got - want).abs().max(),
+                )
+        assert {1, 2} <= set(seg.sessions) and {1, 2} <= set(trunk.sessions)
+    finally:
+        torch.set_num_threads(threads)
+    # the same powerset classes frame by frame (a near tie may flip a rare frame)
+    with torch.inference_mode():
+        same = seg(x[:, None]).argmax(-1) == seg.module(x[:, None]).argmax(-1)
+    assert same.float().mean() >= 0.995
+
+
+def test_model_runs_in_torch_when_the_export_fails(monkeypatch, caplog):
+    """Where torch cannot export a model to ONNX (onnx missing, say), torch runs it, and the
+    log says why."""
+    import torch
+
+    from asr.diarize import _Fast
+
+    def refuse(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'onnx'")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    module = torch.nn.Conv1d(1, 4, 3).eval()
+    x = torch.randn(2, 1, 50)
+    fast = _Fast(module, x[:1], "a test model")
+    assert fast.onnx is None
+    assert "a test model runs in torch" in caplog.text and "onnx" in caplog.text
+    with torch.inference_mode():
+        assert torch.equal(fast(x), module(x))
+
+
 def test_num_speakers_respected(two_voices):
     samples, _ = two_voices
     one = diarize(samples, DiarizeOptions(num_speakers=1))
