@@ -63,10 +63,11 @@ def test_two_voices_two_speakers_and_boundaries(two_voices):
 
 def test_models_run_in_onnx_runtime_as_in_torch(two_voices):
     """On the CPU both models run in ONNX Runtime: the same outputs as torch on real speech, at
-    a batch size other than the export's, with one thread and with two."""
+    a batch size other than the export's, with one thread and with two, their sessions drawing
+    on one arena registered with the runtime."""
     import torch
 
-    from asr.diarize import _embedding_trunk, _fbank, _segmentation_model
+    from asr.diarize import _embedding_trunk, _fbank, _segmentation_model, _shared_arena
 
     samples = two_voices[0]
     win = int(10 * SR)
@@ -89,6 +90,7 @@ def test_models_run_in_onnx_runtime_as_in_torch(two_voices):
                     (got - want).abs().max(),
                 )
         assert {1, 2} <= set(seg.sessions) and {1, 2} <= set(trunk.sessions)
+        assert _shared_arena()
     finally:
         torch.set_num_threads(threads)
     # the same powerset classes frame by frame (a near tie may flip a rare frame)
