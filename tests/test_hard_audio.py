@@ -120,7 +120,13 @@ def test_no_word_is_placed_in_a_long_stretch_without_speech(clips, tmp_path):
 
 def test_a_transcript_depends_only_on_its_recording(clips, tmp_path):
     """The same file alone, among ten others, and in a resumed run: the same words, times and
-    probabilities; and the TEI header names the model."""
+    probabilities (word probabilities to 0.01: on AVX-512 CPUs CTranslate2's int8 kernels
+    round differently with the batch's size, 0.5973 alone against 0.5979 among others); and
+    the TEI header names the model."""
+
+    def probabilities(segments):  # taken out of the segments, which keep the rest
+        return [w.pop("probability") for seg in segments for w in seg["words"]]
+
     folder = tmp_path / "many"
     folder.mkdir()
     for i, (audio, _) in enumerate(clips["en"][:10] + clips["lj"][:2]):
@@ -130,7 +136,9 @@ def test_a_transcript_depends_only_on_its_recording(clips, tmp_path):
         transcribe([folder / f"{name}.wav"], tmp_path / name, _opts(language="en"))
         alone, among = _json(tmp_path / name, name), _json(tmp_path / "all", name)
         assert alone["text"].strip(), name
+        p, q = probabilities(alone["segments"]), probabilities(among["segments"])
         assert alone["segments"] == among["segments"], name
+        assert p == pytest.approx(q, abs=0.01), name
     tei = etree.parse(str(tmp_path / "all" / "u03.tei.xml"))
     desc = " ".join(tei.xpath("//*[local-name()='application']//*[local-name()='desc']/text()"))
     assert "tiny.en" in desc and "unknown" not in desc, desc
